@@ -1,0 +1,30 @@
+# detlosses: `make test` runs the test suite, `make demo` runs the main job.
+# Both create the virtual environment (.venv) on first use.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.detlosses-installed
+
+.PHONY: test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+demo: $(STAMP)
+	$(PY) -m benchmarks.losses --sizes small
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.losses --sizes full --json benchmarks/results/losses.json
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
