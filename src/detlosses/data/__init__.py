@@ -1,0 +1,35 @@
+"""Data layer of the detector pipeline: data sets, readers, synthetic shapes, transforms.
+
+Conventions (shared with the evaluator):
+
+* boxes are ``float32`` XYXY in absolute pixels; labels are ``int64`` 0-based contiguous class indices;
+* COCO ground truth uses ``category_id = label + 1`` (:func:`label_to_category_id`,
+  :func:`category_id_to_label`) and boxes ``[x, y, w, h]`` in original image coordinates;
+* ``dataset[i]`` is ``(image, target)`` with ``target = {"boxes", "labels", "image_id", "orig_size"}``.
+"""
+
+from detlosses.data.coco_format import category_id_to_label, label_to_category_id
+from detlosses.data.dataset import DetectionDataset, ImageRecord
+from detlosses.data.errors import DatasetError, DroppedBoxesWarning
+from detlosses.data.readers import read_coco, read_voc, read_yolo
+from detlosses.data.specs import parse_data_spec
+from detlosses.data.synthetic import SHAPE_CLASSES, SyntheticShapes
+from detlosses.data.transforms import build_transforms, collate_detection, rescale_boxes
+
+__all__ = [
+    "SHAPE_CLASSES",
+    "DatasetError",
+    "DetectionDataset",
+    "DroppedBoxesWarning",
+    "ImageRecord",
+    "SyntheticShapes",
+    "build_transforms",
+    "category_id_to_label",
+    "collate_detection",
+    "label_to_category_id",
+    "parse_data_spec",
+    "read_coco",
+    "read_voc",
+    "read_yolo",
+    "rescale_boxes",
+]
