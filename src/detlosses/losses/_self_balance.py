@@ -1,0 +1,64 @@
+"""Epoch-level self-balance weight of aLRP Loss (Oksuz et al., NeurIPS 2020, Sec. 4.2).
+
+``L = L_cls + w L_loc`` with ``w`` re-estimated at the end of every epoch as
+``(mean L_loc + mean L_cls) / mean L_loc`` over that epoch's iterations. The running sums and the
+weight are buffers (saved in ``state_dict``, moved with the module). Under
+``torch.distributed`` the sums are all-reduced before the update, so every rank holds the same
+weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["SelfBalance"]
+
+
+class SelfBalance(nn.Module):
+    weight: Tensor
+    sums: Tensor
+
+    def __init__(self, initial_weight: float = 50.0) -> None:
+        super().__init__()
+        initial_weight = float(initial_weight)
+        if not initial_weight > 0.0:
+            raise ValueError(f"the initial self-balance weight must be > 0, got {initial_weight}")
+        self.register_buffer("weight", torch.tensor(initial_weight, dtype=torch.float64))
+        # (sum of L_cls, sum of L_loc, number of iterations) of the current epoch
+        self.register_buffer("sums", torch.zeros(3, dtype=torch.float64))
+
+    @property
+    def current(self) -> float:
+        return float(self.weight)
+
+    @torch.no_grad()
+    def record(self, classification: Tensor, localisation: Tensor) -> None:
+        update = torch.stack(
+            [
+                classification.detach().to(self.sums.device, torch.float64).reshape(()),
+                localisation.detach().to(self.sums.device, torch.float64).reshape(()),
+                torch.ones((), dtype=torch.float64, device=self.sums.device),
+            ]
+        )
+        self.sums += update
+
+    @torch.no_grad()
+    def end_epoch(self) -> float:
+        sums = self.sums.clone()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            backend_device = self._collective_device()
+            reduced = sums.to(backend_device)
+            dist.all_reduce(reduced)
+            sums = reduced.to(self.sums.device)
+        sum_cls, sum_loc, count = (float(v) for v in sums)
+        self.sums.zero_()
+        if count > 0 and sum_loc > 0.0:
+            self.weight.fill_((sum_loc + sum_cls) / sum_loc)
+        return self.current
+
+    def _collective_device(self) -> torch.device:
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")

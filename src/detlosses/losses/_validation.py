@@ -1,0 +1,115 @@
+"""Input checks shared by the losses: every problem is a ``ValueError`` that names it.
+
+Each check costs at most a couple of passes over the input (``aminmax`` finds NaN, Inf and the
+value range at once), small next to the losses themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_tensor",
+    "check_finite",
+    "check_same_shape",
+    "check_ternary_targets",
+    "check_continuous_targets",
+    "check_unit_interval",
+    "check_nonnegative_scalar",
+]
+
+
+def check_tensor(value: object, name: str, *, floating: bool = False) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and not value.is_floating_point():
+        raise ValueError(f"{name} must have a floating-point dtype, got {value.dtype}")
+    return value
+
+
+def check_finite(values: Tensor, name: str) -> None:
+    """Raise if ``values`` holds NaN or +-Inf."""
+    if values.numel() == 0 or not values.is_floating_point():
+        return
+    low, high = torch.aminmax(values.detach())
+    low, high = float(low), float(high)
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError(f"{name} contains NaN")
+    if math.isinf(low) or math.isinf(high):
+        raise ValueError(f"{name} contains Inf (values must be finite)")
+
+
+def check_same_shape(values: Tensor, name: str, reference: Tensor, reference_name: str) -> None:
+    if values.shape != reference.shape:
+        raise ValueError(
+            f"{name} must have the shape of {reference_name} {tuple(reference.shape)}, "
+            f"got {tuple(values.shape)}"
+        )
+    if values.device != reference.device:
+        raise ValueError(f"{name} is on {values.device} but {reference_name} is on {reference.device}")
+
+
+def check_ternary_targets(targets: Tensor, name: str = "targets") -> None:
+    """Targets must be 1 (positive), 0 (negative) or -1 (ignored)."""
+    if targets.numel() == 0:
+        return
+    if targets.dtype == torch.bool:
+        return
+    t = targets.detach()
+    low, high = (float(v) for v in torch.aminmax(t))
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError(f"{name} contains NaN; allowed values are 1 (positive), 0 (negative), -1 (ignored)")
+    if low < -1 or high > 1:
+        bad = low if low < -1 else high
+        raise ValueError(
+            f"{name} has value {bad:g} outside the allowed set {{1 (positive), 0 (negative), -1 (ignored)}}"
+        )
+    if t.is_floating_point():
+        fractional = t != t.round()
+        if bool(fractional.any()):
+            bad = float(t[fractional][0])
+            raise ValueError(
+                f"{name} has value {bad:g} outside the allowed set {{1 (positive), 0 (negative), -1 (ignored)}}"
+            )
+
+
+def check_continuous_targets(targets: Tensor, name: str = "targets") -> None:
+    """Rank & Sort targets: ``(0, 1]`` positive (its IoU target), ``0`` negative, ``< 0`` ignored."""
+    if targets.numel() == 0:
+        return
+    if not targets.is_floating_point():
+        low, high = (float(v) for v in torch.aminmax(targets.detach()))
+    else:
+        low, high = (float(v) for v in torch.aminmax(targets.detach()))
+        if math.isnan(low) or math.isnan(high):
+            raise ValueError(f"{name} contains NaN")
+    if high > 1.0:
+        raise ValueError(
+            f"{name} has value {high:g} > 1; positives carry their IoU target in (0, 1], "
+            "negatives 0, ignored entries a negative value"
+        )
+
+
+def check_unit_interval(values: Tensor, name: str) -> None:
+    """All values finite and in ``[0, 1]``."""
+    if values.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(values.detach()))
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError(f"{name} contains NaN")
+    if low < 0.0 or high > 1.0:
+        bad = low if low < 0.0 else high
+        raise ValueError(f"{name} must lie in [0, 1], got {bad:g}")
+
+
+def check_nonnegative_scalar(value: float, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value) or value < 0.0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
