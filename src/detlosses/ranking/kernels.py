@@ -83,6 +83,29 @@ class PiecewisePolynomialKernel:
         rows = tuple(tuple(factor * c for c in row) for row in self.coefficients)
         return PiecewisePolynomialKernel(self.breakpoints, rows, self.closed_right)  # type: ignore[arg-type]
 
+    def refined(self, breakpoints: Sequence[float]) -> PiecewisePolynomialKernel:
+        """The same function on a finer breakpoint set (a superset of :attr:`breakpoints`).
+
+        Lets kernels with different breakpoints share one bucketing of the points.
+        """
+        fine = tuple(sorted(float(b) for b in breakpoints))
+        missing = set(self.breakpoints) - set(fine)
+        if missing:
+            raise ValueError(f"refined breakpoints must include the kernel's own; missing {sorted(missing)}")
+        coarse = torch.tensor(self.breakpoints, dtype=torch.float64)
+        rows = []
+        for region in range(len(fine) + 1):
+            # A representative difference strictly inside the fine region (or on its edge if empty).
+            if region == 0:
+                probe = fine[0] - 1.0
+            elif region == len(fine):
+                probe = fine[-1] + 1.0
+            else:
+                probe = 0.5 * (fine[region - 1] + fine[region])
+            index = int(torch.searchsorted(coarse, torch.tensor([probe], dtype=torch.float64), right=self.closed_right))
+            rows.append(self.coefficients[index])
+        return PiecewisePolynomialKernel(fine, tuple(rows), self.closed_right)
+
     def coefficient_tensor(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """``(m + 2, 3)`` tensor of the region coefficients."""
         return torch.tensor(self.coefficients, dtype=dtype, device=device)
