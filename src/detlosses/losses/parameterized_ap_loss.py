@@ -108,7 +108,7 @@ def _step_sums(queries: Tensor, points: Tensor, buckets_mask: Tensor) -> Tensor:
         kernel = PiecewisePolynomialKernel((0.0,), ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0)), closed_right)
         windows = SortedWindows(queries, kernel.breakpoints, closed_right)
         buckets = windows.bucketize(points).masked_fill_(~buckets_mask, windows.dump_bucket)
-        total += 0.5 * windows.sums_at_queries(buckets, points, [kernel])[0]
+        total += 0.5 * windows.query_sums(windows.points(buckets, points), [kernel])[0]
     return total
 
 
@@ -197,12 +197,12 @@ def _window_sums(form, flat_logits, queries, query_values, scores, negative_poin
     h2 = h2.refined(breakpoints)
     windows = SortedWindows(query_values, breakpoints, closed_right=False)
     negative_buckets = windows.bucketize(scores).masked_fill_(~negative_points, windows.dump_bucket)
+    negatives = windows.points(negative_buckets, scores)
     positive_scores = scores[positive_points]
-    positive_buckets = windows.bucketize(positive_scores)
-    h2_negatives = kernel_sum(flat_logits, None, queries,
-                              WindowEvaluator(windows, negative_buckets, scores, h2))
+    positives = windows.points(windows.bucketize(positive_scores), positive_scores)
+    h2_negatives = kernel_sum(flat_logits, None, queries, WindowEvaluator(windows, negatives, h2))
     h2_positives = kernel_sum(flat_logits[positive_points], positive_weights, queries,
-                              WindowEvaluator(windows, positive_buckets, positive_scores, h2))
+                              WindowEvaluator(windows, positives, h2))
     h2_sum = negative_weight * h2_negatives + h2_positives
     with torch.no_grad():
         if h1 is None:
@@ -211,8 +211,7 @@ def _window_sums(form, flat_logits, queries, query_values, scores, negative_poin
             h1_sum = _step_sums(query_values, scores, point_mask)
         else:
             h1 = h1.refined(breakpoints)
-            h1_sum = (windows.sums_at_queries(negative_buckets, scores, [h1])[0]
-                      + windows.sums_at_queries(positive_buckets, positive_scores, [h1])[0])
+            h1_sum = (windows.query_sums(negatives, [h1])[0] + windows.query_sums(positives, [h1])[0])
     return h2_sum, h1_sum.to(h2_sum.dtype)
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .kernels import PiecewisePolynomialKernel
-from .windows import SortedWindows, working_dtype
+from .windows import BucketedPoints, SortedWindows, working_dtype
 
 __all__ = ["WindowEvaluator", "DenseEvaluator", "kernel_sum"]
 
@@ -33,24 +33,21 @@ class WindowEvaluator:
 
     Args:
         windows: windows of the (detached) queries; the kernel must share their breakpoints.
-        buckets: ``windows.bucketize(points)``, with excluded points in the dump bucket.
-        points: detached point scores.
+        points: ``windows.points(buckets, scores)`` of the detached point scores (excluded points
+            in the dump bucket).
         kernel: ``K`` (its derivative is taken on the same regions).
     """
 
-    def __init__(
-        self, windows: SortedWindows, buckets: Tensor, points: Tensor, kernel: PiecewisePolynomialKernel
-    ) -> None:
+    def __init__(self, windows: SortedWindows, points: BucketedPoints, kernel: PiecewisePolynomialKernel) -> None:
         self.windows = windows
-        self.buckets = buckets
         self.points = points
         self.kernels = {"value": kernel, "derivative": kernel.derivative()}
 
     def query_sums(self, which: str, weights: Tensor | None) -> Tensor:
-        return self.windows.sums_at_queries(self.buckets, self.points, [self.kernels[which]], weights)[0]
+        return self.windows.query_sums(self.points, [self.kernels[which]], weights)[0]
 
     def point_sums(self, which: str, coefficients: Tensor) -> Tensor:
-        return self.windows.sums_at_points(self.buckets, self.points, self.kernels[which], coefficients)
+        return self.windows.point_sums(self.points, self.kernels[which], coefficients)
 
 
 class DenseEvaluator:

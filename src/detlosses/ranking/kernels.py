@@ -23,8 +23,10 @@ interpolation of the released Parameterized AP Loss code.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache, cached_property
 
 import torch
 from torch import Tensor
@@ -78,6 +80,12 @@ class PiecewisePolynomialKernel:
         rows = tuple((c1, 2.0 * c2, 0.0) for _, c1, c2 in self.coefficients)
         return PiecewisePolynomialKernel(self.breakpoints, rows, self.closed_right)
 
+    def mirrored(self) -> PiecewisePolynomialKernel:
+        """``K(-d)``: breakpoints negated and reversed, closure flipped."""
+        breakpoints = tuple(-b for b in reversed(self.breakpoints))
+        rows = tuple((c0, -c1, c2) for c0, c1, c2 in reversed(self.coefficients))
+        return PiecewisePolynomialKernel(breakpoints, rows, not self.closed_right)
+
     def scaled(self, factor: float) -> PiecewisePolynomialKernel:
         """``factor * K(d)``."""
         rows = tuple(tuple(factor * c for c in row) for row in self.coefficients)
@@ -106,9 +114,22 @@ class PiecewisePolynomialKernel:
             rows.append(self.coefficients[index])
         return PiecewisePolynomialKernel(fine, tuple(rows), self.closed_right)
 
+    @cached_property
+    def _coefficients64(self) -> Tensor:
+        return torch.tensor(self.coefficients, dtype=torch.float64)
+
     def coefficient_tensor(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """``(m + 2, 3)`` tensor of the region coefficients."""
-        return torch.tensor(self.coefficients, dtype=dtype, device=device)
+        return self._coefficients64.to(device=device, dtype=dtype)
+
+    def value_at(self, d: float) -> float:
+        """``K(d)`` for one number."""
+        if self.closed_right:
+            region = bisect.bisect_right(self.breakpoints, d)
+        else:
+            region = bisect.bisect_left(self.breakpoints, d)
+        c0, c1, c2 = self.coefficients[region]
+        return c0 + d * (c1 + d * c2)
 
     def __call__(self, d: Tensor) -> Tensor:
         """Evaluate ``K`` elementwise (dense; used by fallbacks and tests)."""
@@ -118,6 +139,7 @@ class PiecewisePolynomialKernel:
         return c[..., 0] + d * (c[..., 1] + d * c[..., 2])
 
 
+@cache
 def smoothed_step(delta: float) -> PiecewisePolynomialKernel:
     """``H(d) = clamp(d / (2 delta) + 1/2, 0, 1)``; for ``delta = 0`` the step ``[d >= 0]``."""
     delta = float(delta)

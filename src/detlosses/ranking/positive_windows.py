@@ -41,8 +41,10 @@ class PositiveWindows:
         self.positive_scores = scores[positive_index]
         self.windows = SortedWindows(self.positive_scores, kernel.breakpoints, kernel.closed_right)
         buckets = self.windows.bucketize(scores)
-        self.positive_buckets = buckets[positive_index]
-        self.negative_buckets = buckets.masked_fill_(~negative_mask, self.windows.dump_bucket)
+        self.positives = self.windows.points(buckets[positive_index], self.positive_scores)
+        self.negatives = self.windows.points(
+            buckets.masked_fill_(~negative_mask, self.windows.dump_bucket), scores
+        )
 
     @property
     def num_positives(self) -> int:
@@ -51,18 +53,16 @@ class PositiveWindows:
     @property
     def self_term(self) -> float:
         """``H(0)``: a positive's own contribution to a positive sum."""
-        return float(self.kernel(torch.zeros(1, dtype=torch.float64))[0])
+        return self.kernel.value_at(0.0)
 
     def false_positive_counts(self) -> Tensor:
         """``N_FP(i) = sum_{j in N} H(s_j - s_i)``, float64 ``(P,)``."""
-        return self.windows.sums_at_queries(self.negative_buckets, self.scores, [self.kernel])[0]
+        return self.windows.query_sums(self.negatives, [self.kernel])[0]
 
     def positive_sums(self, weights: Tensor | None = None) -> Tensor:
         """``sum_{k in P} w_k H(s_k - s_i)`` over all positives, self included; float64 ``(P,)``."""
-        return self.windows.sums_at_queries(
-            self.positive_buckets, self.positive_scores, [self.kernel], weights=weights
-        )[0]
+        return self.windows.query_sums(self.positives, [self.kernel], weights=weights)[0]
 
     def negative_gradient(self, coefficients: Tensor) -> Tensor:
         """``sum_i c_i H(s_j - s_i)`` for every negative ``j``, 0 for the other entries; ``(N,)``."""
-        return self.windows.sums_at_points(self.negative_buckets, self.scores, self.kernel, coefficients)
+        return self.windows.point_sums(self.negatives, self.kernel, coefficients)

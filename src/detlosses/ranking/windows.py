@@ -16,19 +16,19 @@ points inside the windows matter; this module removes the loop altogether):
 
 1. The ``P (m + 1)`` *edges* ``q_i + a_r`` (``a_r`` the kernel's breakpoints) are sorted.
 2. Every point gets its *bucket*: the number of edges below it (:meth:`SortedWindows.bucketize`;
-   a uniform grid over the edge range answers most points with one multiply and one lookup, the
-   few points that share a grid cell with an edge are finished by binary search: exact).
-3. Forward: per-bucket moments ``sum w x^p`` (``bincount``), suffix sums over buckets, and for
-   each query the region sums are differences of suffix sums at its ``m + 1`` edges. On region
-   ``r`` the kernel is a polynomial in ``x - q``, so the region's contribution is a combination
-   of the moments: no point is visited per query.
-4. Backward: ``G`` restricted to one bucket is a polynomial in ``x`` whose coefficients change
-   only at edges; a difference array over buckets (``index_add`` of the changes + ``cumsum``)
-   gives every bucket's coefficients, and each point gathers its own.
+   a uniform grid over the edge range answers most points with one multiply-add and one lookup,
+   points in a grid cell that holds an edge are finished by binary search: exact).
+3. Forward: per-bucket moments ``sum w (x - r_b)^p`` about the bucket's lower edge ``r_b``
+   (small numbers, summed in blocks of a few thousand points and then in float64), suffix sums over the
+   buckets, and for each query the region sums are differences of suffix sums at its ``m + 1``
+   edges. On region ``r`` the kernel is a polynomial in ``x - q``, so each region's contribution
+   is a combination of the moments: no point is visited per query.
+4. Backward: ``G`` restricted to one bucket is a polynomial in ``x - r_b`` whose coefficients
+   change only at edges; a difference array over buckets (``index_add`` of the changes and a
+   ``cumsum``) gives every bucket's coefficients, and each point looks up its own.
 
-Moments are accumulated in float64 around a centre inside the edge range, and the points in the
-two outer buckets (below or above every window, where every kernel is constant) never enter the
-higher moments, so the result agrees with a dense float64 evaluation to rounding.
+Points in the two outer buckets (below or above every window, where every kernel is constant)
+never enter the higher moments, so sums agree with a dense float64 evaluation to rounding.
 """
 
 from __future__ import annotations
@@ -40,13 +40,16 @@ from torch import Tensor
 
 from .kernels import PiecewisePolynomialKernel
 
-__all__ = ["SortedWindows", "working_dtype"]
+__all__ = ["SortedWindows", "BucketedPoints", "working_dtype", "combine_region_moments"]
 
 # Below this many points a plain binary search is as fast as the grid.
 _GRID_MIN_POINTS = 32_768
-_GRID_CELLS_PER_EDGE = 64
+_GRID_CELLS_PER_EDGE = 32
 _GRID_MIN_CELLS = 4_096
 _GRID_MAX_CELLS = 1 << 21
+# Points per block of a moment sum (exact counts in float32; small rounding for the deviations).
+_BLOCK = 1 << 12
+_MAX_BLOCK_TABLE = 1 << 20
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -54,11 +57,84 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def combine_region_moments(
+    region_moments: Sequence[Tensor], queries: Tensor, kernel: PiecewisePolynomialKernel
+) -> Tensor:
+    """``sum_r sum_{j in region r} w_j K_r(x_j - q)`` from per-region moments.
+
+    Args:
+        region_moments: ``[M0, M1, M2]`` (as many as needed), each ``(Q, R)`` float64 with
+            ``Mp[i, r] = sum_{j in region r of query i} w_j (x_j - centre)^p``.
+        queries: ``(Q,)`` float64 query scores minus the same centre.
+        kernel: coefficients ``c[r, p]`` of ``K`` on region ``r`` as a polynomial in ``x - q``.
+    """
+    coeff = kernel.coefficient_tensor(torch.float64, queries.device)  # (R, 3)
+    m0 = region_moments[0]
+    total = m0 @ coeff[:, 0]
+    if kernel.degree >= 1:
+        m1 = region_moments[1]
+        lin = m1 - queries[:, None] * m0  # sum w (x - q)
+        total = total + lin @ coeff[:, 1]
+        if kernel.degree >= 2:
+            m2 = region_moments[2]
+            quad = m2 - 2.0 * queries[:, None] * m1 + (queries * queries)[:, None] * m0
+            total = total + quad @ coeff[:, 2]
+    return total
+
+
+def _block_sum(buckets: Tensor, source: Tensor | None, size: int, dtype: torch.dtype) -> Tensor:
+    """``out[b] = sum_{j: buckets_j = b} source_j`` (``source=None``: counts), float64.
+
+    Summed in blocks of points in ``dtype`` (float32 counts are exact per block), then the block
+    tables are added in float64.
+    """
+    n = buckets.numel()
+    out = torch.zeros(size, dtype=torch.float64, device=buckets.device)
+    if n == 0:
+        return out
+    block = max(_BLOCK, -(-n * size // _MAX_BLOCK_TABLE))
+    rows = n // block
+    full = rows * block
+    if source is None:
+        source = torch.ones(1, dtype=dtype, device=buckets.device).expand(n)
+    if rows:
+        table = torch.zeros(rows, size, dtype=dtype, device=buckets.device)
+        table.scatter_add_(1, buckets[:full].view(rows, block), source[:full].view(rows, block))
+        out += table.sum(0, dtype=torch.float64)
+    if full < n:
+        tail = torch.zeros(size, dtype=dtype, device=buckets.device)
+        tail.scatter_add_(0, buckets[full:], source[full:])
+        out += tail.to(torch.float64)
+    return out
+
+
+class BucketedPoints:
+    """Points with their buckets against one :class:`SortedWindows`; caches what sums reuse."""
+
+    def __init__(self, windows: SortedWindows, buckets: Tensor, values: Tensor) -> None:
+        self.windows = windows
+        self.buckets = buckets
+        self.values = values.to(windows.edges.dtype)
+        self._deviation: Tensor | None = None
+        self._moments: dict[int, list[Tensor]] = {}
+
+    @property
+    def deviation(self) -> Tensor:
+        """``x_j - r_{b_j}``: each point's offset from its bucket's reference value."""
+        if self._deviation is None:
+            self._deviation = self.values - torch.take(self.windows.references, self.buckets)
+        return self._deviation
+
+    def release(self) -> None:
+        """Drop cached per-point tensors (keeps the small per-bucket caches)."""
+        self._deviation = None
+
+
 class SortedWindows:
     """The sorted window edges of a set of queries for one breakpoint set.
 
     Several kernels that share the breakpoints (a kernel and its derivative, or kernels refined to
-    a common breakpoint set) can be evaluated on one bucketing of the points.
+    a common breakpoint set) are evaluated on one bucketing of the points.
 
     Args:
         queries: ``(P,)`` query scores (any order), in the working dtype.
@@ -82,9 +158,13 @@ class SortedWindows:
             self.thresholds = torch.searchsorted(self.edges, edges, right=True)
         else:
             self.thresholds = torch.searchsorted(self.edges, edges, right=False) + 1
+        # Reference value of every bucket (its lower edge; the outer/dump buckets reuse an end).
+        last = self.edges[-1:]
+        self.references = torch.cat([self.edges[:1], self.edges, last]).contiguous()  # (L + 2,)
         # Centre of the moments: inside the edge range, so |x - centre| is small where it matters.
         self.centre = self.edges[self.num_edges // 2].to(torch.float64)
-        self._grid: tuple[float, float, Tensor, Tensor] | None = None
+        self._offsets64 = self.references.to(torch.float64) - self.centre
+        self._grid: tuple[float, float, Tensor, int] | None | bool = False
 
     # ------------------------------------------------------------------ bucketing
     @property
@@ -92,88 +172,123 @@ class SortedWindows:
         """Bucket index for points to be left out of every sum (their adjoint is 0)."""
         return self.num_edges + 1
 
+    @property
+    def num_buckets(self) -> int:
+        return self.num_edges + 2
+
     def bucketize(self, points: Tensor) -> Tensor:
         """Number of edges below each point (``<`` or ``<=`` per convention), int64 in ``[0, L]``."""
         points = points.to(self.edges.dtype)
-        if points.numel() < _GRID_MIN_POINTS:
-            return torch.searchsorted(self.edges, points, right=self.closed_right)
-        grid = self._grid_tables()
+        grid = self._grid_tables() if points.numel() >= _GRID_MIN_POINTS else None
         if grid is None:
             return torch.searchsorted(self.edges, points, right=self.closed_right)
-        lo, inv_width, base, occupied = grid
-        cells = self._cells(points, lo, inv_width, base.numel() - 3)
-        buckets = torch.gather(base, 0, cells)
-        # Points sharing a cell with an edge: finish with a binary search (exact).
-        dirty = torch.gather(occupied, 0, cells).nonzero().squeeze(1)
+        scale, shift, base, num_cells = grid
+        buckets = torch.take(base, self._cells(points, scale, shift, num_cells))
+        # Cells holding an edge: finish with a binary search (exact).
+        dirty = (buckets < 0).nonzero().squeeze(1)
         if dirty.numel():
             buckets[dirty] = torch.searchsorted(self.edges, points[dirty], right=self.closed_right)
         return buckets
 
-    def _cells(self, values: Tensor, lo: float, inv_width: float, num_cells: int) -> Tensor:
-        # Monotone in `values` (rounding is monotone), so an edge in a lower cell is below the
-        # point and an edge in a higher cell above it. Cell 0 is "below lo", num_cells + 2 "above".
-        raw = torch.floor((values - lo) * inv_width)
-        return raw.clamp_(-1.0, float(num_cells + 1)).add_(1.0).long()
+    @staticmethod
+    def _cells(values: Tensor, scale: float, shift: float, num_cells: int) -> Tensor:
+        # A monotone function of the value, computed by separate correctly-rounded operations
+        # (multiply, add, clamp, truncate), so edges and points get identical results for
+        # identical values whatever the code path: an edge in a lower cell is below the point,
+        # an edge in a higher cell above it.
+        return values.mul(scale).add_(shift).clamp_(0.0, float(num_cells - 1)).long()
 
-    def _grid_tables(self) -> tuple[float, float, Tensor, Tensor] | None:
-        if self._grid is not None:
-            return self._grid
+    def _grid_tables(self) -> tuple[float, float, Tensor, int] | None:
+        if self._grid is not False:
+            return self._grid  # type: ignore[return-value]
         lo = float(self.edges[0])
         hi = float(self.edges[-1])
-        num_cells = int(min(max(_GRID_CELLS_PER_EDGE * self.num_edges, _GRID_MIN_CELLS), _GRID_MAX_CELLS))
+        inner = int(min(max(_GRID_CELLS_PER_EDGE * self.num_edges, _GRID_MIN_CELLS), _GRID_MAX_CELLS))
         span = hi - lo
-        inv_width = num_cells / span if span > 0.0 else 1.0
-        if not (inv_width < float("inf")):
+        scale = inner / span if span > 0.0 else 1.0
+        margin = 1  # cell 0: below lo; then the edge range; the last cells: above hi
+        num_cells = inner + 2 * margin + 1
+        shift = margin - lo * scale
+        if not (abs(scale) < float("inf") and abs(shift) < float("inf")):
+            self._grid = None
             return None
-        edge_cells = self._cells(self.edges, lo, inv_width, num_cells)
-        counts = torch.bincount(edge_cells, minlength=num_cells + 3)
+        edge_cells = self._cells(self.edges, scale, shift, num_cells)
+        counts = torch.bincount(edge_cells, minlength=num_cells)
         base = torch.cumsum(counts, 0) - counts  # edges in lower cells
-        self._grid = (lo, inv_width, base, counts > 0)
+        base = base.masked_fill(counts > 0, -1)
+        self._grid = (scale, shift, base.contiguous(), num_cells)
         return self._grid
 
+    def points(self, buckets: Tensor, values: Tensor) -> BucketedPoints:
+        """Pair bucketed points with their values for :meth:`query_sums` / :meth:`point_sums`."""
+        return BucketedPoints(self, buckets, values)
+
     # ------------------------------------------------------------------ forward sums
-    def sums_at_queries(
+    def _check(self, kernel: PiecewisePolynomialKernel) -> None:
+        if len(kernel.breakpoints) != self.num_breakpoints or kernel.closed_right != self.closed_right:
+            raise ValueError("kernel does not match the breakpoints/convention of these windows")
+
+    def query_sums(
         self,
-        buckets: Tensor,
-        points: Tensor,
+        points: BucketedPoints,
         kernels: Sequence[PiecewisePolynomialKernel],
         weights: Tensor | None = None,
     ) -> list[Tensor]:
         """``F_i = sum_j w_j K(x_j - q_i)`` for each kernel, float64 ``(P,)`` tensors.
 
-        Args:
-            buckets: from :meth:`bucketize`; points in :attr:`dump_bucket` are left out.
-            points: the point scores ``x_j``.
-            kernels: kernels with this object's breakpoints and convention.
-            weights: optional per-point weights ``w_j`` (default 1).
+        Points in :attr:`dump_bucket` are left out. ``weights`` default to 1 (then the bucket
+        moments are cached on ``points`` for later calls).
         """
+        for kernel in kernels:
+            self._check(kernel)
         degree = max(k.degree for k in kernels)
-        moments = self._bucket_moments(buckets, points, weights, degree)
-        return [self._query_sums(moments, k) for k in kernels]
+        suffixes = self._suffix_moments(points, weights, degree)
+        bounds = self._region_bounds()
+        region_moments = []
+        for s in suffixes:
+            at = s[bounds]  # (P, R + 1)
+            region_moments.append(at[:, :-1] - at[:, 1:])  # (P, R) sums per region
+        q = self.queries.to(torch.float64) - self.centre
+        return [combine_region_moments(region_moments, q, k) for k in kernels]
 
-    def _bucket_moments(
-        self, buckets: Tensor, points: Tensor, weights: Tensor | None, degree: int
-    ) -> list[Tensor]:
+    def _suffix_moments(self, points: BucketedPoints, weights: Tensor | None, degree: int) -> list[Tensor]:
         """Suffix sums over buckets of ``w (x - centre)^p``, ``p = 0..degree`` (length L + 2)."""
-        size = self.num_edges + 2
-        w = None if weights is None else weights.to(torch.float64)
+        if weights is None:
+            cached = points._moments.get(degree)
+            if cached is None:
+                for have, value in points._moments.items():
+                    if have >= degree:
+                        return value[: degree + 1]
+                cached = self._compute_suffix_moments(points, None, degree)
+                points._moments[degree] = cached
+            return cached
+        return self._compute_suffix_moments(points, weights, degree)
+
+    def _compute_suffix_moments(self, points: BucketedPoints, weights: Tensor | None, degree: int) -> list[Tensor]:
+        size = self.num_buckets
+        dtype = points.values.dtype
+        w = None if weights is None else weights.to(dtype)
+        raw = [_block_sum(points.buckets, w, size, dtype)]  # sum w
+        if degree >= 1:
+            dev = points.deviation
+            term = dev if w is None else dev * w
+            raw.append(_block_sum(points.buckets, term, size, dtype))  # sum w (x - r)
+            if degree >= 2:
+                raw.append(_block_sum(points.buckets, term * dev, size, dtype))  # sum w (x - r)^2
+        r = self._offsets64  # r_b - centre
+        centred = [raw[0]]
+        if degree >= 1:
+            centred.append(raw[1] + r * raw[0])
+        if degree >= 2:
+            centred.append(raw[2] + 2.0 * r * raw[1] + r * r * raw[0])
         suffixes = []
-        centred = None
-        for power in range(degree + 1):
-            if power == 0:
-                per_bucket = torch.bincount(buckets, weights=w, minlength=size).to(torch.float64)
-            else:
-                if centred is None:
-                    centred = points.to(torch.float64) - self.centre
-                term = centred if power == 1 else centred * centred
-                if w is not None:
-                    term = term * w
-                per_bucket = torch.bincount(buckets, weights=term, minlength=size)
+        for power, per_bucket in enumerate(centred):
+            per_bucket = per_bucket.clone()
+            if power >= 1:
                 # Outer buckets only meet constant kernel pieces: keep their (possibly huge)
-                # powers out of the suffix sums so differences stay accurate.
+                # powers out of the suffix sums so that differences stay accurate.
                 per_bucket[0] = 0.0
                 per_bucket[self.num_edges] = 0.0
-            per_bucket = per_bucket[:size].clone()
             per_bucket[-1] = 0.0  # the dump bucket
             suffixes.append(per_bucket.flip(0).cumsum(0).flip(0))
         return suffixes
@@ -185,57 +300,25 @@ class SortedWindows:
         last = self.thresholds.new_full((p, 1), self.num_edges + 1)
         return torch.cat([first, self.thresholds, last], dim=1)
 
-    def _query_sums(self, suffixes: Sequence[Tensor], kernel: PiecewisePolynomialKernel) -> Tensor:
-        if len(kernel.breakpoints) != self.num_breakpoints or kernel.closed_right != self.closed_right:
-            raise ValueError("kernel does not match the breakpoints/convention of these windows")
-        bounds = self._region_bounds()
-        coeff = kernel.coefficient_tensor(torch.float64, bounds.device)  # (R, 3)
-        q = self.queries.to(torch.float64) - self.centre  # (P,)
-        region = []
-        for s in suffixes:
-            at = s[bounds]  # (P, R + 1)
-            region.append(at[:, :-1] - at[:, 1:])  # (P, R) sums per region
-        m0 = region[0]
-        total = m0 @ coeff[:, 0]
-        if len(region) > 1 and kernel.degree >= 1:
-            m1 = region[1]
-            lin = m1 - q[:, None] * m0  # sum w (x - q)
-            total = total + lin @ coeff[:, 1]
-            if len(region) > 2 and kernel.degree >= 2:
-                m2 = region[2]
-                quad = m2 - 2.0 * q[:, None] * m1 + (q * q)[:, None] * m0
-                total = total + quad @ coeff[:, 2]
-        return total
-
     # ------------------------------------------------------------------ adjoint sums
-    def sums_at_points(
-        self, buckets: Tensor, points: Tensor, kernel: PiecewisePolynomialKernel, coefficients: Tensor
-    ) -> Tensor:
-        """``G_j = sum_i c_i K(x_j - q_i)`` for every point (0 for points in the dump bucket).
-
-        Returned in the points' working dtype (float64 if the points are float64).
-        """
-        if len(kernel.breakpoints) != self.num_breakpoints or kernel.closed_right != self.closed_right:
-            raise ValueError("kernel does not match the breakpoints/convention of these windows")
-        tables = self.bucket_polynomials(kernel, coefficients)
-        out_dtype = working_dtype(points.dtype)
-        x = points.to(out_dtype)
+    def point_sums(self, points: BucketedPoints, kernel: PiecewisePolynomialKernel, coefficients: Tensor) -> Tensor:
+        """``G_j = sum_i c_i K(x_j - q_i)`` for every point (0 in the dump bucket), working dtype."""
+        self._check(kernel)
+        tables = self.bucket_polynomials(kernel, coefficients).to(points.values.dtype)
         if kernel.degree == 0:
-            return torch.gather(tables[:, 0].to(out_dtype), 0, buckets)
-        centred = x - self.centre.to(out_dtype)
-        result = torch.gather(tables[:, 1].to(out_dtype), 0, buckets)
+            return torch.take(tables[:, 0].contiguous(), points.buckets)
+        dev = points.deviation
+        slope = torch.take(tables[:, 1].contiguous(), points.buckets)
         if kernel.degree == 2:
-            result.addcmul_(torch.gather(tables[:, 2].to(out_dtype), 0, buckets), centred)
-        result.mul_(centred)
-        result.add_(torch.gather(tables[:, 0].to(out_dtype), 0, buckets))
-        return result
+            slope.addcmul_(torch.take(tables[:, 2].contiguous(), points.buckets), dev)
+        return slope.mul_(dev).add_(torch.take(tables[:, 0].contiguous(), points.buckets))
 
     def bucket_polynomials(self, kernel: PiecewisePolynomialKernel, coefficients: Tensor) -> Tensor:
-        """``(L + 2, 3)`` float64: per bucket, ``G`` as a polynomial in ``x - centre``."""
+        """``(L + 2, 3)`` float64: per bucket, ``G`` as a polynomial in ``x - r_b``."""
         c = coefficients.to(torch.float64)
         k = kernel.coefficient_tensor(torch.float64, c.device)  # (R, 3), R = m + 2
         q = self.queries.to(torch.float64) - self.centre
-        # Query i on region r contributes c_i * sum_p k[r, p] (x - q_i)^p; expand in powers of x.
+        # Query i on region r contributes c_i * sum_p k[r, p] (x - q_i)^p; in powers of x - centre:
         ones = torch.ones_like(q)
         per_power = torch.stack(
             [
@@ -247,7 +330,7 @@ class SortedWindows:
             ],
             dim=-1,
         ) * c[:, None, None]  # (P, R, 3)
-        size = self.num_edges + 2
+        size = self.num_buckets
         table = per_power[:, 0, :].sum(0, keepdim=True).expand(size, 3).clone()
         changes = (per_power[:, 1:, :] - per_power[:, :-1, :]).reshape(-1, 3)
         delta = torch.zeros(size, 3, dtype=torch.float64, device=c.device)
@@ -259,4 +342,7 @@ class SortedWindows:
         table[self.num_edges, 1:] = 0.0
         table[0, 1:] = 0.0
         table[-1] = 0.0  # dump bucket
-        return table
+        # Re-expand around each bucket's reference: x - centre = (x - r_b) + (r_b - centre).
+        r = self._offsets64
+        a0, a1, a2 = table.unbind(1)
+        return torch.stack([a0 + a1 * r + a2 * r * r, a1 + 2.0 * a2 * r, a2], dim=1)
