@@ -137,7 +137,9 @@ def validate_control_points(points: object, name: str = "params") -> Tensor:
     try:
         tensor = torch.as_tensor(points, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{name} must be a preset name or a (5, 12) / (4, 12) tensor of control points: {err}")
+        raise ValueError(
+            f"{name} must be a preset name or a (5, 12) / (4, 12) tensor of control points: {err}"
+        ) from None
     if tensor.dim() != 2 or tensor.shape[0] not in (4, 5) or tensor.shape[1] != 12:
         raise ValueError(
             f"{name} must have shape (5, 12) or (4, 12) (functions H2, I2, I3, I1[, H1] x 6 control "
@@ -167,7 +169,9 @@ def resolve_params(params: str | Tensor | Sequence | PAPParams) -> PAPParams:
     if isinstance(params, str):
         key = params.lower().replace("-", "_")
         if key not in PRESETS:
-            raise ValueError(f"unknown params preset {params!r}; choose one of {sorted(PRESETS)} or pass control points")
+            raise ValueError(
+                f"unknown params preset {params!r}; choose one of {sorted(PRESETS)} or pass control points"
+            )
         return PRESETS[key]
     return PAPParams("searched", validate_control_points(params), 1.0)
 
@@ -181,7 +185,9 @@ def save_pap_params(params: PAPParams, path: str | os.PathLike) -> Path:
         raise ValueError(f"reg_weight must be a finite number > 0, got {params.reg_weight}")
     payload = {
         "format": PARAMS_FORMAT,
-        "functions": {name: [round(v, 6) for v in row.tolist()] for name, row in zip(FUNCTION_ORDER, points)},
+        "functions": {
+            name: [round(v, 6) for v in row.tolist()] for name, row in zip(FUNCTION_ORDER, points, strict=False)
+        },
         "reg_weight": float(params.reg_weight),
         "metadata": dict(params.metadata),
     }

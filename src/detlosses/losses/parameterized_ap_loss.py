@@ -16,10 +16,9 @@ box-branch gradient is multiplied by ``reg_weight``.
 
 The sums over ``S`` are evaluated exactly without the ``P x N`` matrix of the released code
 (:mod:`detlosses.ranking.kernel_sum`), so ``topk=None`` (every candidate) is affordable. At a kink
-of ``H2`` the gradient is the left one (as the released interpolation), except at
-``s_j - s_i = -1`` exactly, where it is 0 (the released code gives the first segment's slope).
-If no candidate ranks near or above a positive (``sum_j H1 = 0``, possible only with ``topk``),
-its ratio term is 0.
+the gradient is the one autograd gives on the released formula: the left segment at an inner
+control point, 0 where ``clamp`` saturates (``s_j - s_i = +-1`` exactly). If no candidate ranks
+near or above a positive (``sum_j H1 = 0``, possible only with ``topk``), its ratio term is 0.
 """
 
 from __future__ import annotations
@@ -32,7 +31,13 @@ from ..ranking.kernel_sum import DenseEvaluator, WindowEvaluator, kernel_sum
 from ..ranking.kernels import PiecewisePolynomialKernel
 from ._grad_scale import scale_gradient
 from ._ranking_common import validate_logits_and_targets
-from ._validation import check_finite, check_same_shape, check_tensor, check_ternary_targets, check_unit_interval
+from ._validation import (
+    check_finite,
+    check_same_shape,
+    check_tensor,
+    check_ternary_targets,
+    check_unit_interval,
+)
 from .pap_params import PAPParams, resolve_params
 
 __all__ = ["parameterized_ap_loss", "ParameterizedAPLoss", "interpolate_control_points"]
@@ -106,7 +111,7 @@ def _step_sums(queries: Tensor, points: Tensor, buckets_mask: Tensor) -> Tensor:
     total = torch.zeros(queries.numel(), dtype=torch.float64, device=queries.device)
     for closed_right in (True, False):  # [d >= 0] and [d > 0]
         kernel = PiecewisePolynomialKernel((0.0,), ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0)), closed_right)
-        windows = SortedWindows(queries, kernel.breakpoints, closed_right)
+        windows = SortedWindows.for_kernel(queries, kernel)
         buckets = windows.bucketize(points).masked_fill_(~buckets_mask, windows.dump_bucket)
         total += 0.5 * windows.query_sums(windows.points(buckets, points), [kernel])[0]
     return total
@@ -195,7 +200,7 @@ def _window_sums(form, flat_logits, queries, query_values, scores, negative_poin
     kernels = [h2] if h1 is None else [h2, h1]
     breakpoints = sorted({b for k in kernels for b in k.breakpoints})
     h2 = h2.refined(breakpoints)
-    windows = SortedWindows(query_values, breakpoints, closed_right=False)
+    windows = SortedWindows.for_kernel(query_values, h2)
     negative_buckets = windows.bucketize(scores).masked_fill_(~negative_points, windows.dump_bucket)
     negatives = windows.points(negative_buckets, scores)
     positive_scores = scores[positive_points]

@@ -16,14 +16,15 @@ the breakpoints ``q + a_r`` cut the real line into ``m + 2`` regions, and on reg
     ``K(x - q) = c[r, 0] + c[r, 1] (x - q) + c[r, 2] (x - q)^2``.
 
 A value ``x`` exactly on a breakpoint belongs to the region on its right when ``closed_right``
-is true (``[d >= 0]`` needs this) and to the region on its left otherwise. For continuous kernels
-the choice only decides which one-sided derivative is used at a kink; the left one matches the
-interpolation of the released Parameterized AP Loss code.
+is true (``[d >= 0]`` needs this) and to the region on its left otherwise; a left-closed kernel
+may name breakpoints that are right-closed nonetheless (``right_closed_at``). For continuous
+kernels this only decides which one-sided derivative is used at a kink. The control-point
+kernels use the conventions of autograd on the released formula: the left segment at an inner
+control point (the released interpolation), and 0 at ``d = +-1`` where ``clamp`` saturates.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -45,11 +46,13 @@ class PiecewisePolynomialKernel:
             The outer rows must be constant (``c1 = c2 = 0``).
         closed_right: whether a difference exactly equal to a breakpoint takes the region on its
             right (``True``) or on its left (``False``).
+        right_closed_at: breakpoints of a left-closed kernel that are right-closed nonetheless.
     """
 
     breakpoints: tuple[float, ...]
     coefficients: tuple[tuple[float, float, float], ...]
     closed_right: bool = False
+    right_closed_at: frozenset[float] = frozenset()
 
     def __post_init__(self) -> None:
         if len(self.breakpoints) < 1:
@@ -64,6 +67,13 @@ class PiecewisePolynomialKernel:
         for row in (self.coefficients[0], self.coefficients[-1]):
             if row[1] != 0.0 or row[2] != 0.0:
                 raise ValueError("a kernel must be constant below its first and above its last breakpoint")
+        if self.right_closed_at and (self.closed_right or not self.right_closed_at <= set(self.breakpoints)):
+            raise ValueError("right_closed_at must name breakpoints of a left-closed kernel")
+
+    @property
+    def edge_nudges(self) -> tuple[bool, ...]:
+        """Per breakpoint: whether its edge must be moved down one ulp to close it on the right."""
+        return tuple(b in self.right_closed_at for b in self.breakpoints)
 
     @property
     def degree(self) -> int:
@@ -78,10 +88,12 @@ class PiecewisePolynomialKernel:
     def derivative(self) -> PiecewisePolynomialKernel:
         """``K'(d)`` on the same regions (one-sided at the breakpoints, as ``closed_right`` says)."""
         rows = tuple((c1, 2.0 * c2, 0.0) for _, c1, c2 in self.coefficients)
-        return PiecewisePolynomialKernel(self.breakpoints, rows, self.closed_right)
+        return PiecewisePolynomialKernel(self.breakpoints, rows, self.closed_right, self.right_closed_at)
 
     def mirrored(self) -> PiecewisePolynomialKernel:
         """``K(-d)``: breakpoints negated and reversed, closure flipped."""
+        if self.right_closed_at:
+            raise ValueError("mirroring a kernel with mixed closure is not supported")
         breakpoints = tuple(-b for b in reversed(self.breakpoints))
         rows = tuple((c0, -c1, c2) for c0, c1, c2 in reversed(self.coefficients))
         return PiecewisePolynomialKernel(breakpoints, rows, not self.closed_right)
@@ -89,7 +101,9 @@ class PiecewisePolynomialKernel:
     def scaled(self, factor: float) -> PiecewisePolynomialKernel:
         """``factor * K(d)``."""
         rows = tuple(tuple(factor * c for c in row) for row in self.coefficients)
-        return PiecewisePolynomialKernel(self.breakpoints, rows, self.closed_right)  # type: ignore[arg-type]
+        return PiecewisePolynomialKernel(  # type: ignore[arg-type]
+            self.breakpoints, rows, self.closed_right, self.right_closed_at
+        )
 
     def refined(self, breakpoints: Sequence[float]) -> PiecewisePolynomialKernel:
         """The same function on a finer breakpoint set (a superset of :attr:`breakpoints`).
@@ -100,7 +114,6 @@ class PiecewisePolynomialKernel:
         missing = set(self.breakpoints) - set(fine)
         if missing:
             raise ValueError(f"refined breakpoints must include the kernel's own; missing {sorted(missing)}")
-        coarse = torch.tensor(self.breakpoints, dtype=torch.float64)
         rows = []
         for region in range(len(fine) + 1):
             # A representative difference strictly inside the fine region (or on its edge if empty).
@@ -110,9 +123,16 @@ class PiecewisePolynomialKernel:
                 probe = fine[-1] + 1.0
             else:
                 probe = 0.5 * (fine[region - 1] + fine[region])
-            index = int(torch.searchsorted(coarse, torch.tensor([probe], dtype=torch.float64), right=self.closed_right))
-            rows.append(self.coefficients[index])
-        return PiecewisePolynomialKernel(fine, tuple(rows), self.closed_right)
+            rows.append(self.coefficients[self._region_of(probe)])
+        kept = frozenset(b for b in self.right_closed_at if b in fine)
+        return PiecewisePolynomialKernel(fine, tuple(rows), self.closed_right, kept)
+
+    def _region_of(self, d: float) -> int:
+        region = 0
+        for b in self.breakpoints:
+            if d > b or (d == b and (self.closed_right or b in self.right_closed_at)):
+                region += 1
+        return region
 
     @cached_property
     def _coefficients64(self) -> Tensor:
@@ -124,17 +144,15 @@ class PiecewisePolynomialKernel:
 
     def value_at(self, d: float) -> float:
         """``K(d)`` for one number."""
-        if self.closed_right:
-            region = bisect.bisect_right(self.breakpoints, d)
-        else:
-            region = bisect.bisect_left(self.breakpoints, d)
-        c0, c1, c2 = self.coefficients[region]
+        c0, c1, c2 = self.coefficients[self._region_of(d)]
         return c0 + d * (c1 + d * c2)
 
     def __call__(self, d: Tensor) -> Tensor:
         """Evaluate ``K`` elementwise (dense; used by fallbacks and tests)."""
-        a = torch.tensor(self.breakpoints, dtype=d.dtype, device=d.device)
-        region = torch.searchsorted(a, d.contiguous(), right=self.closed_right)
+        region = torch.zeros(d.shape, dtype=torch.long, device=d.device)
+        for b in self.breakpoints:
+            closed = self.closed_right or b in self.right_closed_at
+            region += (d >= b) if closed else (d > b)
         c = self.coefficient_tensor(d.dtype, d.device)[region]
         return c[..., 0] + d * (c[..., 1] + d * c[..., 2])
 
@@ -173,11 +191,13 @@ def control_point_kernel(xs: Sequence[float], ys: Sequence[float]) -> PiecewiseP
         # f(x) = y_k + slope (x - x_k) with x = d/2 + 1/2
         rows.append((ys[k] + slope * (0.5 - xs[k]), 0.5 * slope, 0.0))
     rows.append((ys[-1], 0.0, 0.0))
-    return PiecewisePolynomialKernel(breakpoints, tuple(rows), closed_right=False)
+    # clamp saturates at d = 1: the derivative there is 0, as autograd gives
+    return PiecewisePolynomialKernel(breakpoints, tuple(rows), closed_right=False, right_closed_at=frozenset({1.0}))
 
 
 def square_kernel() -> PiecewisePolynomialKernel:
     """``clamp(d / 2 + 1/2, 0, 1) ** 2`` (the ``square`` preset of Parameterized AP Loss)."""
     return PiecewisePolynomialKernel(
-        (-1.0, 1.0), ((0.0, 0.0, 0.0), (0.25, 0.5, 0.25), (1.0, 0.0, 0.0)), closed_right=False
+        (-1.0, 1.0), ((0.0, 0.0, 0.0), (0.25, 0.5, 0.25), (1.0, 0.0, 0.0)), closed_right=False,
+        right_closed_at=frozenset({1.0}),
     )

@@ -13,7 +13,6 @@ the whole flattened batch once against the positives' windows and answers all of
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .kernels import PiecewisePolynomialKernel
@@ -39,7 +38,7 @@ class PositiveWindows:
         self.kernel = kernel
         self.positive_index = positive_index
         self.positive_scores = scores[positive_index]
-        self.windows = SortedWindows(self.positive_scores, kernel.breakpoints, kernel.closed_right)
+        self.windows = SortedWindows.for_kernel(self.positive_scores, kernel)
         buckets = self.windows.bucketize(scores)
         self.positives = self.windows.points(buckets[positive_index], self.positive_scores)
         self.negatives = self.windows.points(

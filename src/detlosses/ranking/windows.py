@@ -140,17 +140,29 @@ class SortedWindows:
         queries: ``(P,)`` query scores (any order), in the working dtype.
         breakpoints: the kernel breakpoints ``a_0 <= ... <= a_m``.
         closed_right: the kernels' convention for a point exactly on an edge.
+        right_closed_at: breakpoints closed on the right although ``closed_right`` is false.
     """
 
-    def __init__(self, queries: Tensor, breakpoints: Sequence[float], closed_right: bool) -> None:
+    def __init__(
+        self,
+        queries: Tensor,
+        breakpoints: Sequence[float],
+        closed_right: bool,
+        right_closed_at: frozenset[float] = frozenset(),
+    ) -> None:
         if queries.dim() != 1 or queries.numel() == 0:
             raise ValueError("SortedWindows needs a non-empty 1-D tensor of query scores")
         self.queries = queries
         self.closed_right = bool(closed_right)
+        self.right_closed_at = frozenset(right_closed_at)
         dtype, device = queries.dtype, queries.device
         offsets = torch.tensor(list(breakpoints), dtype=dtype, device=device)
         self.num_breakpoints = offsets.numel()
         edges = queries[:, None] + offsets[None, :]  # (P, m+1), non-decreasing along dim 1
+        if self.right_closed_at:
+            # "x > e - 1 ulp" is "x >= e" for scores of this dtype: closes these edges on the right.
+            nudge = torch.tensor([b in self.right_closed_at for b in breakpoints], device=device)
+            edges = torch.where(nudge[None, :], torch.nextafter(edges, edges.new_tensor(-float("inf"))), edges)
         self.edges, _ = torch.sort(edges.reshape(-1))
         self.num_edges = self.edges.numel()
         # A point "is at or above" edge e (per convention) iff its bucket >= threshold(e).
@@ -165,6 +177,11 @@ class SortedWindows:
         self.centre = self.edges[self.num_edges // 2].to(torch.float64)
         self._offsets64 = self.references.to(torch.float64) - self.centre
         self._grid: tuple[float, float, Tensor, int] | None | bool = False
+
+    @classmethod
+    def for_kernel(cls, queries: Tensor, kernel: PiecewisePolynomialKernel) -> SortedWindows:
+        """Windows with the breakpoints and closure conventions of ``kernel``."""
+        return cls(queries, kernel.breakpoints, kernel.closed_right, kernel.right_closed_at)
 
     # ------------------------------------------------------------------ bucketing
     @property
@@ -225,7 +242,11 @@ class SortedWindows:
 
     # ------------------------------------------------------------------ forward sums
     def _check(self, kernel: PiecewisePolynomialKernel) -> None:
-        if len(kernel.breakpoints) != self.num_breakpoints or kernel.closed_right != self.closed_right:
+        if (
+            len(kernel.breakpoints) != self.num_breakpoints
+            or kernel.closed_right != self.closed_right
+            or kernel.right_closed_at != self.right_closed_at
+        ):
             raise ValueError("kernel does not match the breakpoints/convention of these windows")
 
     def query_sums(

@@ -1,0 +1,189 @@
+"""Parameterized AP Loss against a dense autograd reference; presets, params files, gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import detlosses
+from detlosses.losses.pap_params import (
+    IDENTITY_THETA,
+    PRESETS,
+    PAPParams,
+    control_points_from_theta,
+    load_pap_params,
+    resolve_params,
+    save_pap_params,
+)
+from detlosses.ranking import SortedWindows, control_point_kernel
+from detlosses.ranking.kernel_sum import WindowEvaluator, kernel_sum
+
+from . import reference
+from .strategies import ranking_batches
+
+RETINANET = PRESETS["retinanet"].control_points
+FORMS = ["retinanet", "retinanet4", "faster_rcnn_rpn", "linear", "square", "sigmoid"]
+
+
+def reference_args(form):
+    if form == "retinanet4":
+        return "searched", RETINANET[:4].tolist()
+    if form in ("linear", "square", "sigmoid"):
+        return form, None
+    return "searched", PRESETS[form].control_points.tolist()
+
+
+def params_for(form):
+    return RETINANET[:4] if form == "retinanet4" else form
+
+
+def compare(logits, targets, ious, form, topk=None):
+    x = logits.clone().requires_grad_(True)
+    u = ious.clone().requires_grad_(True)
+    loss = detlosses.parameterized_ap_loss(x, targets, u, params=params_for(form), topk=topk)
+    xr = logits.clone().requires_grad_(True)
+    ur = ious.clone().requires_grad_(True)
+    kind, control = reference_args(form)
+    ref = reference.parameterized_ap_loss(xr, targets, ur, kind, control, topk)
+    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
+    loss.backward()
+    ref.backward()
+    for got, want in ((x.grad, xr.grad), (u.grad, ur.grad)):
+        want = torch.zeros_like(got) if want is None else want
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-12)
+
+
+@given(batch=ranking_batches(max_size=160), form=st.sampled_from(FORMS), use_topk=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_matches_dense_reference(batch, form, use_topk, seed):
+    logits, targets, _ = batch
+    # continuous logits (ties between distinct entries would sit on kinks of H2)
+    logits = logits + 1e-3 * torch.rand(logits.shape, generator=torch.Generator().manual_seed(seed),
+                                        dtype=torch.float64)
+    ious = torch.rand(logits.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    topk = max(1, logits.numel() // 2) if use_topk else None
+    compare(logits, targets, ious, form, topk)
+
+
+@pytest.mark.parametrize("form", ["retinanet", "linear", "square"])
+def test_large_batch(form):
+    n, p = 60_000, 50
+    g = torch.Generator().manual_seed(2)
+    logits = -4.6 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    targets = torch.zeros(n, dtype=torch.long)
+    targets[torch.randperm(n, generator=g)[:p]] = 1
+    targets[torch.randperm(n, generator=g)[:500]] = -1
+    ious = torch.rand(n, generator=g, dtype=torch.float64)
+    compare(logits, targets, ious, form)
+
+
+def test_released_topk_cut():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3000, generator=g, dtype=torch.float64)
+    targets = (torch.rand(3000, generator=g) < 0.05).long()
+    ious = torch.rand(3000, generator=g, dtype=torch.float64)
+    compare(logits, targets, ious, "retinanet", topk=1000)
+
+
+def test_kernel_sum_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(40, generator=g, dtype=torch.float64)
+    weights = torch.rand(40, generator=g, dtype=torch.float64)
+    queries = torch.randn(7, generator=g, dtype=torch.float64)
+    kernel = control_point_kernel(*PAPParams("searched", RETINANET).function("H2"))
+
+    def f(x, w, q):
+        windows = SortedWindows.for_kernel(q.detach(), kernel)
+        bucketed = windows.points(windows.bucketize(x.detach()), x.detach())
+        return kernel_sum(x, w, q, WindowEvaluator(windows, bucketed, kernel))
+
+    inputs = (points.requires_grad_(), weights.requires_grad_(), queries.requires_grad_())
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-6)
+
+
+def test_gradcheck_wrt_ious():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(60, generator=g, dtype=torch.float64)
+    targets = (torch.rand(60, generator=g) < 0.2).long()
+    ious = (0.05 + 0.9 * torch.rand(60, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda u: detlosses.parameterized_ap_loss(logits, targets, u, params="retinanet"), (ious,), eps=1e-7
+    )
+
+
+def test_reg_weight_scales_only_the_box_gradient():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(80, generator=g, dtype=torch.float64)
+    targets = (torch.rand(80, generator=g) < 0.2).long()
+    ious = torch.rand(80, generator=g, dtype=torch.float64)
+    grads = []
+    for reg_weight in (1.0, 4.0):
+        x, u = logits.clone().requires_grad_(), ious.clone().requires_grad_()
+        loss = detlosses.parameterized_ap_loss(x, targets, u, reg_weight=reg_weight)
+        loss.backward()
+        grads.append((loss.detach(), x.grad, u.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    torch.testing.assert_close(4.0 * grads[0][2], grads[1][2])
+    module = detlosses.ParameterizedAPLoss("retinanet")
+    assert module.reg_weight == pytest.approx(4.1231)
+
+
+def test_no_positive():
+    x = torch.randn(30, requires_grad=True)
+    u = torch.rand(30, requires_grad=True)
+    loss = detlosses.parameterized_ap_loss(x, torch.zeros(30), u)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros(30)) and torch.equal(u.grad, torch.zeros(30))
+
+
+def test_identity_theta_gives_the_identity():
+    points = control_points_from_theta([IDENTITY_THETA] * 5)
+    for row in points:
+        xs, ys = row[0::2], row[1::2]
+        torch.testing.assert_close(xs, ys)
+        torch.testing.assert_close(xs, torch.tensor([0, 0.2, 0.4, 0.6, 0.8, 1.0], dtype=torch.float64),
+                                   atol=1e-3, rtol=0)
+
+
+def test_theta_mapping_is_monotone_and_validates():
+    theta = torch.rand(5, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    points = control_points_from_theta(theta)
+    resolve_params(points)  # passes validation
+    with pytest.raises(ValueError, match=r"\(functions, 8\)"):
+        control_points_from_theta(torch.rand(5, 7))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        control_points_from_theta(torch.full((5, 8), 1.5))
+
+
+def test_params_file_round_trip(tmp_path):
+    theta = torch.rand(5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    params = PAPParams("searched", control_points_from_theta(theta), 2.5, {"reward": 0.3})
+    path = save_pap_params(params, tmp_path / "best.json")
+    loaded = load_pap_params(path)
+    assert loaded.reg_weight == 2.5 and loaded.metadata == {"reward": 0.3}
+    torch.testing.assert_close(loaded.control_points, params.control_points, atol=1e-6, rtol=0)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(100, generator=g, dtype=torch.float64)
+    targets = (torch.rand(100, generator=g) < 0.1).long()
+    ious = torch.rand(100, generator=g, dtype=torch.float64)
+    a = detlosses.parameterized_ap_loss(logits, targets, ious, params=loaded)
+    b = detlosses.parameterized_ap_loss(logits, targets, ious, params=loaded.control_points)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not readable JSON"),
+    ('{"format": "other"}', "missing or wrong 'format'"),
+    ('{"format": "detlosses-pap-params/1", "functions": {"H2": []}}', "must list the functions"),
+])
+def test_bad_params_files(tmp_path, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_pap_params(path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_pap_params(tmp_path / "missing.json")
