@@ -1,0 +1,199 @@
+"""The dense predictions of one batch together with their training targets.
+
+A one-stage head predicts, for every image ``b``, anchor (or location) ``a`` and class ``c``, a
+logit, and for every anchor four box-regression values. The detector's matcher assigns each
+anchor a ground-truth box (positive), the background (negative) or neither (ignored: IoU in
+``[0.4, 0.5)`` for RetinaNet). :class:`DenseAssignment` holds all of that for the *whole batch*,
+so the ranking losses rank every anchor of every image and every FPN level at once, and offers
+the inputs each loss needs: ternary or IoU class targets, decoded boxes of the positives, box
+deltas, IoUs.
+
+Positives are always enumerated in ``(image, anchor)`` order, which is the order in which they
+appear in ``class_targets().flatten()`` (one class per positive anchor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss
+
+__all__ = ["DenseAssignment", "BACKGROUND", "IGNORED", "aligned_iou"]
+
+BACKGROUND = -1
+IGNORED = -2
+
+
+def aligned_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of corresponding XYXY boxes (``boxes1[i]`` with ``boxes2[i]``)."""
+    if boxes1.numel() == 0:
+        return boxes1.new_zeros(boxes1.shape[:-1])
+    lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area1 = (boxes1[..., 2] - boxes1[..., 0]).clamp(min=0) * (boxes1[..., 3] - boxes1[..., 1]).clamp(min=0)
+    area2 = (boxes2[..., 2] - boxes2[..., 0]).clamp(min=0) * (boxes2[..., 3] - boxes2[..., 1]).clamp(min=0)
+    union = area1 + area2 - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+
+
+@dataclass
+class DenseAssignment:
+    """Dense predictions and targets of a batch.
+
+    Attributes:
+        cls_logits: ``(B, A, C)`` classification logits.
+        box_regression: ``(B, A, 4)`` raw box-regression outputs.
+        anchors: ``(B, A, 4)`` anchors (RetinaNet) or location boxes (FCOS), XYXY.
+        labels: ``(B, A)`` int64: class index of a positive, ``BACKGROUND`` or ``IGNORED``.
+        matched_boxes: ``(B, A, 4)`` ground-truth box of each positive (zeros elsewhere).
+        box_coder: torchvision's ``BoxCoder`` (RetinaNet) or ``BoxLinearCoder`` (FCOS).
+        extras: head-specific outputs, e.g. ``"bbox_ctrness"`` ``(B, A, 1)`` for FCOS.
+    """
+
+    cls_logits: Tensor
+    box_regression: Tensor
+    anchors: Tensor
+    labels: Tensor
+    matched_boxes: Tensor
+    box_coder: object
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_matches(
+        cls,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+        box_coder: object,
+    ) -> DenseAssignment:
+        """Build from torchvision's head outputs and per-image matcher results.
+
+        ``matched_idxs[b][a]`` is the matched ground-truth index, ``-1`` (background) or ``-2``
+        (between the thresholds: ignored).
+        """
+        labels, boxes = [], []
+        for target, matched in zip(targets, matched_idxs, strict=True):
+            gt_boxes, gt_labels = target["boxes"], target["labels"]
+            safe = matched.clamp(min=0)
+            if gt_labels.numel():
+                lab = gt_labels[safe].clone()
+                box = gt_boxes[safe].clone()
+            else:
+                lab = torch.zeros_like(matched)
+                box = matched.new_zeros((matched.numel(), 4), dtype=head_outputs["bbox_regression"].dtype)
+            lab[matched == -1] = BACKGROUND
+            lab[matched == -2] = IGNORED
+            box[matched < 0] = 0.0
+            labels.append(lab)
+            boxes.append(box)
+        extras = {k: v for k, v in head_outputs.items() if k not in ("cls_logits", "bbox_regression")}
+        return cls(
+            cls_logits=head_outputs["cls_logits"],
+            box_regression=head_outputs["bbox_regression"],
+            anchors=torch.stack(anchors),
+            labels=torch.stack(labels),
+            matched_boxes=torch.stack(boxes).to(head_outputs["bbox_regression"].dtype),
+            box_coder=box_coder,
+            extras=extras,
+        )
+
+    # ------------------------------------------------------------------ masks and counts
+    @property
+    def num_classes(self) -> int:
+        return self.cls_logits.shape[-1]
+
+    @cached_property
+    def positive_mask(self) -> Tensor:
+        return self.labels >= 0
+
+    @cached_property
+    def valid_mask(self) -> Tensor:
+        """Anchors that are positive or negative (not ignored)."""
+        return self.labels != IGNORED
+
+    @cached_property
+    def positive_index(self) -> Tensor:
+        """Flat ``b * A + a`` indices of the positives, ascending."""
+        return self.positive_mask.reshape(-1).nonzero().squeeze(1)
+
+    @property
+    def num_positives(self) -> int:
+        return int(self.positive_index.numel())
+
+    @cached_property
+    def positive_labels(self) -> Tensor:
+        return self.labels.reshape(-1)[self.positive_index]
+
+    # ------------------------------------------------------------------ classification targets
+    def class_targets(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``(B, A, C)``: 1 at a positive's class, 0 elsewhere, -1 on every class of an ignored anchor."""
+        out = torch.zeros(self.cls_logits.shape, dtype=dtype, device=self.cls_logits.device)
+        flat = out.view(-1, self.num_classes)
+        flat[self.positive_index, self.positive_labels] = 1.0
+        flat[(self.labels.reshape(-1) == IGNORED)] = -1.0
+        return out
+
+    def scatter_to_classes(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """``(B, A, C)`` tensor with ``values[k]`` at positive ``k``'s class and ``fill`` elsewhere."""
+        out = torch.full(self.cls_logits.shape, fill, dtype=values.dtype, device=values.device)
+        out.view(-1, self.num_classes)[self.positive_index, self.positive_labels] = values
+        return out
+
+    # ------------------------------------------------------------------ boxes of the positives
+    def _positive_rows(self, tensor: Tensor) -> Tensor:
+        return tensor.reshape(-1, tensor.shape[-1])[self.positive_index]
+
+    @property
+    def positive_anchors(self) -> Tensor:
+        return self._positive_rows(self.anchors)
+
+    @property
+    def positive_gt_boxes(self) -> Tensor:
+        return self._positive_rows(self.matched_boxes)
+
+    @property
+    def positive_deltas(self) -> Tensor:
+        """Predicted box deltas of the positives (differentiable)."""
+        return self._positive_rows(self.box_regression)
+
+    def positive_target_deltas(self) -> Tensor:
+        """The deltas that would reproduce each positive's ground-truth box from its anchor."""
+        anchors = self.positive_anchors
+        gt = self.positive_gt_boxes
+        if hasattr(self.box_coder, "encode_single"):  # BoxCoder (RetinaNet)
+            return self.box_coder.encode_single(gt, anchors)
+        return self.box_coder.encode(anchors, gt)  # BoxLinearCoder (FCOS)
+
+    def positive_pred_boxes(self) -> Tensor:
+        """Decoded predicted boxes of the positives, float32 or wider (differentiable)."""
+        deltas = self.positive_deltas
+        deltas = deltas.to(torch.promote_types(deltas.dtype, torch.float32))
+        anchors = self.positive_anchors.to(deltas.dtype)
+        if hasattr(self.box_coder, "decode_single"):
+            return self.box_coder.decode_single(deltas, anchors)
+        return self.box_coder.decode(deltas, anchors)
+
+    def positive_giou_loss(self, pred_boxes: Tensor | None = None) -> Tensor:
+        """``1 - GIoU`` of each positive's predicted box with its ground truth, in ``[0, 2]``."""
+        pred = self.positive_pred_boxes() if pred_boxes is None else pred_boxes
+        if pred.numel() == 0:
+            return pred.new_zeros(0)
+        return generalized_box_iou_loss(pred, self.positive_gt_boxes.to(pred.dtype), reduction="none")
+
+    def positive_ious(self, pred_boxes: Tensor | None = None) -> Tensor:
+        """IoU of each positive's (detached) predicted box with its ground truth."""
+        pred = (self.positive_pred_boxes() if pred_boxes is None else pred_boxes).detach()
+        return aligned_iou(pred, self.positive_gt_boxes.to(pred.dtype))
+
+    def anchor_ious(self) -> Tensor:
+        """``(B, A)`` IoU of each anchor's predicted box with its ground truth (0 off the positives)."""
+        out = torch.zeros(self.labels.shape, dtype=torch.float32, device=self.labels.device)
+        out.view(-1)[self.positive_index] = self.positive_ious().float()
+        return out
+

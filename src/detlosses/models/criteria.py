@@ -1,0 +1,301 @@
+"""Loss choices of the detector pipeline, by name.
+
+Each criterion turns a :class:`~detlosses.models.assignment.DenseAssignment` (the whole batch:
+every image, anchor, FPN level and class) into ``{"loss": total, <components>...}``. Components
+are returned separately so that they are logged separately.
+
+======================  ===================================================================
+name                    classification + localisation
+======================  ===================================================================
+``focal``               sigmoid focal loss + L1 on deltas (RetinaNet) or GIoU (FCOS), as torchvision
+``ap``                  AP-Loss + smooth-L1 on deltas (RetinaNet) or GIoU (FCOS) (Chen et al., 2019)
+``alrp``                aLRP Loss, ``e = 1 - GIoU``, self-balance updated at each epoch end
+``rank_sort``           Rank & Sort Loss with IoU targets + score-weighted GIoU, self-balance
+                        ``lambda = (L_rank + L_sort) / L_box`` every iteration (Oksuz et al., 2021)
+``pap``                 Parameterized AP Loss; boxes trained only through the soft IoU,
+                        box gradient scaled by ``reg_weight`` (Tao et al., 2021)
+``ghm``                 GHM-C + GHM-R (Li et al., 2019)
+``iou_balanced``        IoU-balanced focal + IoU-balanced smooth-L1 (Wu et al., 2019)
+======================  ===================================================================
+
+All normalisations use the number of positives of the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from ..losses import (
+    GHMC,
+    GHMR,
+    ALRPLoss,
+    PAPParams,
+    ParameterizedAPLoss,
+    ap_loss,
+    iou_balanced_focal_loss,
+    iou_balanced_smooth_l1_loss,
+    load_pap_params,
+    rank_sort_loss,
+)
+from .assignment import DenseAssignment
+
+__all__ = ["DetectionCriterion", "CRITERIA", "build_criterion", "LOSS_NAMES"]
+
+
+class DetectionCriterion(nn.Module):
+    """Base class: ``forward(batch) -> {"loss": ..., components}``; epoch-level hooks."""
+
+    name = "base"
+
+    def epoch_end(self) -> dict[str, float]:
+        """Called once at the end of every training epoch; returns values to log."""
+        return {}
+
+    def extra_logs(self) -> dict[str, float]:
+        """Values to log with every training step (e.g. a self-balance weight)."""
+        return {}
+
+
+def _normaliser(batch: DenseAssignment) -> float:
+    return float(max(1, batch.num_positives))
+
+
+def _check_box_loss(box_loss: str) -> str:
+    if box_loss not in ("auto", "delta", "giou"):
+        raise ValueError(f"box_loss must be 'auto', 'delta' or 'giou', got {box_loss!r}")
+    return box_loss
+
+
+def _delta_box_loss(box_loss: str, batch: DenseAssignment) -> bool:
+    """Whether to regress deltas: ``"auto"`` does for anchor heads (RetinaNet), not for FCOS (GIoU)."""
+    if box_loss == "auto":
+        return "bbox_ctrness" not in batch.extras
+    return box_loss == "delta"
+
+
+class FocalCriterion(DetectionCriterion):
+    """Sigmoid focal loss over valid anchors + L1 on deltas (``box_loss="l1"``) or GIoU."""
+
+    name = "focal"
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, box_loss: str = "auto") -> None:
+        super().__init__()
+        self.alpha, self.gamma, self.box_loss = float(alpha), float(gamma), _check_box_loss(box_loss)
+
+    def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
+        norm = _normaliser(batch)
+        valid = batch.valid_mask
+        targets = batch.class_targets(batch.cls_logits.dtype)
+        cls = sigmoid_focal_loss(
+            batch.cls_logits[valid], targets[valid], alpha=self.alpha, gamma=self.gamma, reduction="sum"
+        ) / norm
+        if _delta_box_loss(self.box_loss, batch):
+            box = F.l1_loss(batch.positive_deltas, batch.positive_target_deltas(), reduction="sum") / norm
+        else:
+            box = batch.positive_giou_loss().sum() / norm
+        return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
+
+
+class APCriterion(DetectionCriterion):
+    """AP-Loss (whole batch ranked at once) + smooth-L1 on the positives' deltas."""
+
+    name = "ap"
+
+    def __init__(
+        self, delta: float = 1.0, interpolate: bool = True, box_beta: float = 1.0 / 9.0, box_loss: str = "auto"
+    ) -> None:
+        super().__init__()
+        self.delta, self.interpolate, self.box_beta = float(delta), bool(interpolate), float(box_beta)
+        self.box_loss = _check_box_loss(box_loss)
+
+    def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
+        cls = ap_loss(batch.cls_logits, batch.class_targets(), delta=self.delta, interpolate=self.interpolate)
+        if _delta_box_loss(self.box_loss, batch):
+            box = F.smooth_l1_loss(
+                batch.positive_deltas, batch.positive_target_deltas(), beta=self.box_beta, reduction="sum"
+            ) / _normaliser(batch)
+        else:
+            box = batch.positive_giou_loss().sum() / _normaliser(batch)
+        return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
+
+
+class ALRPCriterion(DetectionCriterion):
+    """aLRP Loss with ``e = 1 - GIoU`` and its epoch-level self-balance weight."""
+
+    name = "alrp"
+
+    def __init__(self, delta: float = 1.0, initial_weight: float = 50.0) -> None:
+        super().__init__()
+        self.alrp = ALRPLoss(delta=delta, initial_weight=initial_weight)
+
+    def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
+        errors = batch.positive_giou_loss()
+        out = self.alrp(batch.cls_logits, batch.class_targets(), errors)
+        return {"loss": out["loss"], "loss_cls": out["loss_cls"], "loss_loc": out["loss_loc"]}
+
+    def epoch_end(self) -> dict[str, float]:
+        return {"sb_weight": self.alrp.end_epoch()}
+
+    def extra_logs(self) -> dict[str, float]:
+        return {"sb_weight": self.alrp.weight}
+
+
+class RankSortCriterion(DetectionCriterion):
+    """Rank & Sort Loss (IoU targets) + GIoU weighted by the positives' max score, self-balanced."""
+
+    name = "rank_sort"
+
+    def __init__(self, delta: float = 0.5) -> None:
+        super().__init__()
+        self.delta = float(delta)
+        self.last_weight = float("nan")
+
+    def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
+        pred_boxes = batch.positive_pred_boxes()
+        ious = batch.positive_ious(pred_boxes)
+        targets = batch.class_targets(torch.float32)
+        targets = torch.where(targets == 1, batch.scatter_to_classes(ious.float()), targets)
+        ranking, sorting = rank_sort_loss(batch.cls_logits, targets, delta=self.delta)
+        giou = batch.positive_giou_loss(pred_boxes)
+        with torch.no_grad():
+            scores = batch.cls_logits.detach().reshape(-1, batch.num_classes)[batch.positive_index]
+            weights = torch.sigmoid(scores.float()).max(dim=1).values.to(giou.dtype)
+            total_weight = float(weights.sum())
+        box = (weights * giou).sum() / (total_weight if total_weight > 1e-10 else 1.0)
+        box_value = float(box.detach())
+        balance = float((ranking + sorting).detach()) / box_value if box_value > 0 else 0.0
+        self.last_weight = balance
+        box = box * balance
+        return {"loss": ranking + sorting + box, "loss_rank": ranking, "loss_sort": sorting, "loss_box": box}
+
+    def extra_logs(self) -> dict[str, float]:
+        return {} if math.isnan(self.last_weight) else {"sb_weight": self.last_weight}
+
+
+class PAPCriterion(DetectionCriterion):
+    """Parameterized AP Loss: boxes trained only through the soft IoU ``(GIoU + 1) / 2``."""
+
+    name = "pap"
+
+    def __init__(
+        self,
+        params: str | PAPParams | Tensor = "retinanet",
+        reg_weight: float | None = None,
+        topk: int | None = None,
+        params_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        if params_file is not None:
+            params = load_pap_params(params_file)
+        self.pap = ParameterizedAPLoss(params, topk=topk, reg_weight=reg_weight)
+
+    def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
+        giou_loss = batch.positive_giou_loss()
+        soft_iou = (1.0 - 0.5 * giou_loss).clamp(0.0, 1.0)  # (GIoU + 1) / 2
+        ious = batch.scatter_to_classes(soft_iou)
+        loss = self.pap(batch.cls_logits, batch.class_targets(), ious)
+        return {"loss": loss, "loss_pap": loss}
+
+    def extra_logs(self) -> dict[str, float]:
+        return {"reg_weight": self.pap.reg_weight}
+
+
+class GHMCriterion(DetectionCriterion):
+    """GHM-C over all valid (anchor, class) elements + GHM-R on the positives' deltas.
+
+    Also accumulates the epoch's histogram of GHM-C gradient norms (for the run report).
+    """
+
+    name = "ghm"
+    histogram: Tensor
+
+    def __init__(
+        self,
+        bins: int = 30,
+        momentum: float = 0.75,
+        reg_mu: float = 0.02,
+        reg_bins: int = 10,
+        reg_momentum: float = 0.7,
+        reg_loss_weight: float = 10.0,
+        bias_correction: bool = False,
+    ) -> None:
+        super().__init__()
+        self.ghmc = GHMC(bins=bins, momentum=momentum, bias_correction=bias_correction)
+        self.ghmr = GHMR(mu=reg_mu, bins=reg_bins, momentum=reg_momentum, loss_weight=reg_loss_weight,
+                         bias_correction=bias_correction)
+        self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64), persistent=False)
+        self.last_histogram: list[float] | None = None
+
+    def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
+        logits = batch.cls_logits.reshape(-1, batch.num_classes)
+        targets = batch.class_targets().reshape(-1, batch.num_classes)
+        valid = (targets >= 0).to(logits.dtype)
+        cls = self.ghmc(logits, targets.clamp(min=0), valid)
+        deltas = batch.positive_deltas
+        box = self.ghmr(deltas, batch.positive_target_deltas().to(deltas.dtype), torch.ones_like(deltas))
+        if self.training:
+            with torch.no_grad():
+                g = (torch.sigmoid(logits.detach().float()) - targets.clamp(min=0)).abs()[valid > 0]
+                index = (g * self.ghmc.bins).long().clamp_(0, self.ghmc.bins - 1)
+                self.histogram += torch.bincount(index, minlength=self.ghmc.bins).to(self.histogram)
+        return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
+
+    def histogram_edges(self) -> list[float]:
+        return [i / self.ghmc.bins for i in range(self.ghmc.bins + 1)]
+
+    def epoch_end(self) -> dict[str, float]:
+        """Keeps the finished epoch's gradient-norm histogram in :attr:`last_histogram`."""
+        self.last_histogram = [float(v) for v in self.histogram]
+        self.histogram.zero_()
+        return {}
+
+
+class IoUBalancedCriterion(DetectionCriterion):
+    """IoU-balanced focal loss + IoU-balanced smooth-L1 (IoU of the decoded boxes, detached)."""
+
+    name = "iou_balanced"
+
+    def __init__(self, eta: float = 1.5, lam: float = 1.5, beta: float = 0.11, alpha: float = 0.25,
+                 gamma: float = 2.0) -> None:
+        super().__init__()
+        self.eta, self.lam, self.beta, self.alpha, self.gamma = map(float, (eta, lam, beta, alpha, gamma))
+
+    def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
+        norm = _normaliser(batch)
+        ious = batch.positive_ious()
+        per_anchor = torch.zeros(batch.labels.shape, dtype=batch.cls_logits.dtype, device=ious.device)
+        per_anchor.view(-1)[batch.positive_index] = ious.to(per_anchor.dtype)
+        cls = iou_balanced_focal_loss(
+            batch.cls_logits, batch.class_targets(batch.cls_logits.dtype), per_anchor,
+            eta=self.eta, alpha=self.alpha, gamma=self.gamma,
+        ) / norm
+        deltas = batch.positive_deltas
+        box = iou_balanced_smooth_l1_loss(
+            deltas, batch.positive_target_deltas().to(deltas.dtype), ious.to(deltas.dtype).clamp(0, 1),
+            lam=self.lam, beta=self.beta,
+        ) / norm
+        return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
+
+
+CRITERIA: dict[str, type[DetectionCriterion]] = {
+    cls.name: cls
+    for cls in (FocalCriterion, APCriterion, ALRPCriterion, RankSortCriterion, PAPCriterion, GHMCriterion,
+                IoUBalancedCriterion)
+}
+LOSS_NAMES = tuple(CRITERIA)
+
+
+def build_criterion(name: str, **options: Any) -> DetectionCriterion:
+    """A criterion by name (see the module table); ``options`` go to its constructor."""
+    if name not in CRITERIA:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+    try:
+        return CRITERIA[name](**options)
+    except TypeError as err:
+        raise ValueError(f"bad options for loss {name!r}: {err}") from None

@@ -1,0 +1,170 @@
+"""torchvision RetinaNet and FCOS with any detlosses criterion.
+
+The detectors are torchvision's own (``RetinaNet``, ``FCOS``, their heads, matchers, box coders,
+anchor generators and post-processing), with backbones built by torchvision's FPN extractors
+(``resnet_fpn_backbone``, ``mobilenet_backbone``). The only change is the head's
+``compute_loss``: it packs the batch into a :class:`~detlosses.models.assignment.DenseAssignment`
+and hands it to the chosen criterion, so the whole batch is ranked at once.
+
+``pretrained_backbone=True`` loads ImageNet weights through torchvision's weights API (offline:
+seed the torch hub cache first, see :func:`~detlosses.models.weights.seed_torch_hub_cache`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights, ResNet50_Weights
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .assignment import DenseAssignment
+from .criteria import DetectionCriterion
+
+__all__ = ["DetectorConfig", "build_detector", "MODELS", "BACKBONES"]
+
+MODELS = ("retinanet", "fcos")
+BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
+_WEIGHTS = {
+    "resnet50": ResNet50_Weights.IMAGENET1K_V1,
+    "resnet18": ResNet18_Weights.IMAGENET1K_V1,
+    "mobilenet_v2": MobileNet_V2_Weights.IMAGENET1K_V1,
+}
+_ALL_LAYERS = {"resnet50": 5, "resnet18": 5, "mobilenet_v2": 6}
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """What :func:`build_detector` builds.
+
+    Attributes:
+        model: ``"retinanet"`` or ``"fcos"``.
+        backbone: ``"resnet50"``, ``"resnet18"`` or ``"mobilenet_v2"`` (each with an FPN, P3-P7).
+        num_classes: number of object classes (no background class: sigmoid heads).
+        image_size: training/evaluation images are square of this size (the data transforms
+            resize them); anchors are laid out for it.
+        pretrained_backbone: ImageNet weights via torchvision's weights API.
+        trainable_layers: backbone stages to train (``None``: 3 if pretrained, else all).
+        anchor_scale: RetinaNet anchors are ``anchor_scale * stride`` times ``2^(k/3)``, k = 0, 1, 2,
+            with aspect ratios 0.5, 1, 2 (4 in the RetinaNet paper).
+        score_thresh, nms_thresh, detections_per_img: post-processing.
+    """
+
+    model: str = "retinanet"
+    backbone: str = "mobilenet_v2"
+    num_classes: int = 4
+    image_size: int = 128
+    pretrained_backbone: bool = False
+    trainable_layers: int | None = None
+    anchor_scale: float = 4.0
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {MODELS}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+
+
+def _backbone(config: DetectorConfig) -> nn.Module:
+    weights = _WEIGHTS[config.backbone] if config.pretrained_backbone else None
+    norm_layer = FrozenBatchNorm2d if config.pretrained_backbone else nn.BatchNorm2d
+    trainable = config.trainable_layers
+    if trainable is None:
+        trainable = 3 if config.pretrained_backbone else _ALL_LAYERS[config.backbone]
+    extra = LastLevelP6P7(256, 256)
+    if config.backbone == "mobilenet_v2":
+        return mobilenet_backbone(
+            backbone_name="mobilenet_v2", weights=weights, fpn=True, norm_layer=norm_layer,
+            trainable_layers=trainable, returned_layers=[2, 3, 4], extra_blocks=extra,
+        )
+    return resnet_fpn_backbone(
+        backbone_name=config.backbone, weights=weights, norm_layer=norm_layer,
+        trainable_layers=trainable, returned_layers=[2, 3, 4], extra_blocks=extra,
+    )
+
+
+def _strides(backbone: nn.Module, image_size: int) -> list[int]:
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        features = backbone(torch.zeros(1, 3, image_size, image_size))
+    backbone.train(was_training)
+    return [max(1, round(image_size / f.shape[-1])) for f in features.values()]
+
+
+class _CriterionMixin:
+    """Replaces a torchvision head's ``compute_loss`` by a detlosses criterion."""
+
+    criterion: DetectionCriterion
+    box_coder: object
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # noqa: D401 - torchvision API
+        batch = DenseAssignment.from_matches(targets, head_outputs, anchors, matched_idxs, self.box_coder)
+        losses = self.criterion(batch)
+        if "bbox_ctrness" in batch.extras:
+            ctrness = _centerness_loss(batch)
+            losses = dict(losses)
+            losses["loss"] = losses["loss"] + ctrness
+            losses["loss_ctrness"] = ctrness
+        return losses
+
+
+def _centerness_loss(batch: DenseAssignment) -> Tensor:
+    """FCOS centerness: BCE of the positives' predicted centerness with ``sqrt(lr * tb)`` targets."""
+    deltas = batch.positive_target_deltas()
+    left_right, top_bottom = deltas[:, [0, 2]], deltas[:, [1, 3]]
+    target = torch.sqrt(
+        (left_right.min(dim=-1).values / left_right.max(dim=-1).values)
+        * (top_bottom.min(dim=-1).values / top_bottom.max(dim=-1).values)
+    )
+    logits = batch.extras["bbox_ctrness"].reshape(-1)[batch.positive_index]
+    loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="sum")
+    return loss / max(1, batch.num_positives)
+
+
+class RetinaNetCriterionHead(_CriterionMixin, RetinaNetHead):
+    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, criterion: DetectionCriterion):
+        super().__init__(in_channels, num_anchors, num_classes)
+        self.criterion = criterion
+        self.box_coder = self.regression_head.box_coder
+
+
+class FCOSCriterionHead(_CriterionMixin, FCOSHead):
+    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, criterion: DetectionCriterion):
+        super().__init__(in_channels, num_anchors, num_classes)
+        self.criterion = criterion
+
+
+def build_detector(config: DetectorConfig, criterion: DetectionCriterion) -> nn.Module:
+    """torchvision RetinaNet/FCOS whose training loss is ``criterion`` (state in the model's state_dict)."""
+    backbone = _backbone(config)
+    strides = _strides(backbone, config.image_size)
+    common = dict(
+        min_size=config.image_size, max_size=config.image_size, score_thresh=config.score_thresh,
+        nms_thresh=config.nms_thresh, detections_per_img=config.detections_per_img,
+    )
+    if config.model == "retinanet":
+        sizes = tuple(tuple(config.anchor_scale * s * 2 ** (k / 3) for k in range(3)) for s in strides)
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(strides))
+        head = RetinaNetCriterionHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
+                                      config.num_classes, criterion)
+        return RetinaNet(backbone, config.num_classes, anchor_generator=anchors, head=head, **common)
+    anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
+    head = FCOSCriterionHead(backbone.out_channels, anchors.num_anchors_per_location()[0], config.num_classes,
+                             criterion)
+    return FCOS(backbone, config.num_classes, anchor_generator=anchors, head=head, **common)

@@ -1,0 +1,146 @@
+"""LightningModule: a torchvision detector trained with a detlosses criterion, evaluated with
+COCO AP and LRP at the end of every validation epoch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..data import label_to_category_id, rescale_boxes
+from ..evaluation import evaluate_detections, to_coco_detections
+from ..models import DetectorConfig, build_criterion, build_detector
+from .callbacks import append_gradient_norms
+from .config import TrainConfig
+
+__all__ = ["DetectionModule", "plain_targets"]
+
+
+def plain_targets(targets: list[dict[str, Any]]) -> list[dict[str, Tensor]]:
+    """torchvision detectors want plain tensors (not tv_tensors) for boxes and labels."""
+    return [{"boxes": t["boxes"].as_subclass(Tensor).float(), "labels": t["labels"]} for t in targets]
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Linear warm-up, then ``0.1 ** (number of milestones passed)``."""
+    epoch = step // max(steps_per_epoch, 1)
+    factor = 0.1 ** sum(epoch >= m for m in config.milestones)
+    if config.warmup_iters > 0 and step < config.warmup_iters:
+        alpha = step / config.warmup_iters
+        factor *= config.warmup_ratio * (1 - alpha) + alpha
+    return factor
+
+
+class DetectionModule(pl.LightningModule):
+    """Train/validate one detector. ``config`` is a :class:`TrainConfig` dict (saved in checkpoints)."""
+
+    def __init__(self, config: dict[str, Any], classes: list[str]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = TrainConfig.from_dict(config)
+        self.classes = list(classes)
+        self.criterion = build_criterion(self.config.loss, **self.config.criterion_options())
+        self.detector = build_detector(
+            DetectorConfig(
+                model=self.config.model, backbone=self.config.backbone, num_classes=len(self.classes),
+                image_size=self.config.image_size, pretrained_backbone=self.config.pretrained_backbone,
+                trainable_layers=self.config.trainable_layers, anchor_scale=self.config.anchor_scale,
+                score_thresh=self.config.score_thresh,
+            ),
+            self.criterion,
+        )
+        self._detections: list[dict[str, Any]] = []
+        self.last_metrics: dict[str, Any] | None = None
+        self.last_details = None
+        self.val_ground_truth: dict[str, Any] | None = None
+        self.run_dir: str | None = None
+
+    # ------------------------------------------------------------------ training
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        return self.detector(images)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, targets = batch
+        losses = self.detector(list(images), plain_targets(targets))
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {float(loss)} at step {self.global_step} "
+                f"(components: { {k: float(v) for k, v in losses.items()} })"
+            )
+        batch_size = len(images)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "loss",
+                     batch_size=batch_size, sync_dist=False)
+        for name, value in self.criterion.extra_logs().items():
+            self.log(f"train/{name}", float(value), on_step=True, on_epoch=False, batch_size=batch_size)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.criterion.epoch_end().items():
+            self.log(f"train/{name}", float(value), on_step=False, on_epoch=True)
+        histogram = getattr(self.criterion, "last_histogram", None)
+        if histogram is not None and self.trainer.is_global_zero and self.run_dir is not None:
+            append_gradient_norms(
+                Path(self.run_dir) / "gradient_norms.json", self.criterion.histogram_edges(), self.current_epoch,
+                histogram,
+            )
+
+    def configure_optimizers(self):
+        cfg = self.config
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        steps_per_epoch = max(1, math.ceil(self.trainer.estimated_stepping_batches / max(self.trainer.max_epochs, 1)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._detections = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        outputs = self.detector(list(images))
+        for image, target, output in zip(images, targets, outputs, strict=True):
+            boxes = rescale_boxes(output["boxes"].float(), image.shape[-2:], target["orig_size"])
+            self._detections.extend(
+                to_coco_detections(boxes.cpu(), output["scores"].float().cpu(), output["labels"].cpu(),
+                                   int(target["image_id"]), label_to_category_id)
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        detections = self._gather(self._detections)
+        ground_truth = self.val_ground_truth
+        if ground_truth is None and self.trainer.datamodule is not None:
+            ground_truth = self.trainer.datamodule.val_coco
+        if ground_truth is None:
+            raise RuntimeError("validation needs the ground truth of the validation set")
+        metrics, details = evaluate_detections(ground_truth, detections, return_details=True)
+        self.last_metrics, self.last_details = metrics, details
+        for key in ("AP", "AP50", "AP75", "oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN"):
+            value = metrics.get(key)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.log(f"val/{key}", float(value), prog_bar=key == "AP", sync_dist=False, rank_zero_only=False)
+        self._detections = []
+
+    def _gather(self, detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return detections
+        gathered: list[list[dict[str, Any]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, detections)
+        # padding of the last shard repeats images: keep each image's detections once
+        seen: dict[int, int] = {}
+        merged = []
+        for rank, part in enumerate(gathered):
+            for det in part or []:
+                owner = seen.setdefault(det["image_id"], rank)
+                if owner == rank:
+                    merged.append(det)
+        return merged

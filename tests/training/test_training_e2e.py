@@ -1,0 +1,129 @@
+"""End to end on tiny synthetic data: train -> eval -> report for every loss, resume, compare, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from detlosses.models import LOSS_NAMES
+from detlosses.training import TrainConfig, compare, evaluate_checkpoint, quiet_lightning, train
+
+TINY = dict(data="synthetic:images=8,size=64", image_size=64, batch_size=4, epochs=1, warmup_iters=1,
+            progress_bar=False, log_every=1, lr=0.005)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    quiet_lightning()
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_train_eval_report_every_loss(tmp_path, loss):
+    config = TrainConfig(loss=loss, out=str(tmp_path / loss), **TINY)
+    result = train(config)
+    run = result.run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("AP", "AP50", "AP75", "oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN", "seconds_per_iteration"):
+        assert key in metrics
+    for key in ("AP", "AP50", "AP75", "oLRP", "oLRP_FN"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["seconds_per_iteration"] > 0
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    report = (run / "report.md").read_text()
+    assert "oLRP" in report and list((run / "plots").glob("*.png"))
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss_step" in header
+    if loss == "ghm":
+        norms = json.loads((run / "gradient_norms.json").read_text())
+        assert len(norms["epochs"]) == 1 and len(norms["edges"]) == 31
+    evaluated = evaluate_checkpoint(run / "checkpoints" / "last.ckpt", out=tmp_path / f"{loss}-eval")
+    for key in ("AP", "AP50", "oLRP"):
+        assert evaluated.metrics[key] == pytest.approx(metrics[key], abs=1e-9)
+
+
+def test_existing_run_needs_resume(tmp_path):
+    config = TrainConfig(out=str(tmp_path / "run"), limit_train_batches=1, **TINY)
+    train(config)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(config)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "detlosses.cli", *args]
+
+
+def _flags(out: Path, epochs: int) -> list[str]:
+    return ["train", "--data", "synthetic:images=12,size=64", "--image-size", "64", "--batch-size", "4",
+            "--epochs", str(epochs), "--loss", "alrp", "--out", str(out), "--lr", "0.005",
+            "--set", "warmup_iters=2", "--set", "lr_steps=[2]", "--set", "progress_bar=false"]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(*_flags(straight, 3)), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*_flags(killed, 3)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            try:
+                if torch.load(last, map_location="cpu", weights_only=False)["epoch"] >= 1:
+                    break
+            except Exception:  # being written
+                pass
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        pytest.fail("the training process ended before it could be killed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    subprocess.run(_cli(*_flags(killed, 3), "--resume"), check=True, env=env, capture_output=True)
+
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    for key in ("AP", "AP50", "oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN"):
+        assert a[key] == pytest.approx(b[key], abs=1e-12, nan_ok=True)
+    wa = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    wb = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=0, msg=name)
+    # the training log keeps the epochs before the kill
+    epochs = {row.split(",")[0] for row in (killed / "metrics.csv").read_text().splitlines()[1:]}
+    assert {"0", "1", "2"} <= epochs
+
+
+def test_compare_writes_the_table(tmp_path):
+    base = TrainConfig(limit_train_batches=1, **TINY)
+    path, runs = compare(base, ["focal", "alrp"], [0, 1], tmp_path / "cmp")
+    text = path.read_text()
+    assert "focal" in text and "alrp" in text and len(runs) == 4
+    assert (tmp_path / "cmp" / "comparison.json").is_file()
+    # finished runs are reused on a second call
+    before = (tmp_path / "cmp" / "focal-seed0" / "metrics.json").stat().st_mtime
+    compare(base, ["focal"], [0], tmp_path / "cmp")
+    assert (tmp_path / "cmp" / "focal-seed0" / "metrics.json").stat().st_mtime == before
+
+
+def test_cli_errors_are_clear(tmp_path):
+    out = subprocess.run(_cli("train", "--loss", "nope", "--out", str(tmp_path / "x")), capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "loss must be one of" in out.stderr
+    out = subprocess.run(_cli("compare", "--losses", "focal,bogus"), capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown losses ['bogus']" in out.stderr
+    out = subprocess.run(_cli("eval", "--checkpoint", str(tmp_path / "missing.ckpt")), capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "does not exist" in out.stderr
