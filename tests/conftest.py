@@ -10,6 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# pytest-xdist runs one process per core: more threads than cores makes OpenMP spin and
+# slows everything down many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -46,7 +46,7 @@ def tiny_batch(seed=0, size=64, images=2):
 def test_every_loss_trains_every_detector(model, loss):
     torch.manual_seed(0)
     detector = build_detector(
-        DetectorConfig(model=model, backbone="mobilenet_v2", num_classes=3, image_size=64), build_criterion(loss)
+        DetectorConfig(model=model, num_classes=3, image_size=64, fpn_channels=32), build_criterion(loss)
     )
     detector.train()
     images, targets = tiny_batch()
@@ -84,7 +84,7 @@ def test_dense_assignment_targets_and_order():
 
 def test_alrp_self_balance_lives_in_the_model_state():
     criterion = build_criterion("alrp")
-    detector = build_detector(DetectorConfig(num_classes=3, image_size=64), criterion)
+    detector = build_detector(DetectorConfig(num_classes=3, image_size=64, fpn_channels=32), criterion)
     detector.train()
     images, targets = tiny_batch()
     detector(images, targets)
@@ -100,7 +100,7 @@ def test_pap_reg_weight_scales_only_the_box_branch():
     grads = {}
     for reg_weight in (1.0, 3.0):
         torch.manual_seed(0)
-        detector = build_detector(DetectorConfig(num_classes=3, image_size=64),
+        detector = build_detector(DetectorConfig(num_classes=3, image_size=64, fpn_channels=32),
                                   build_criterion("pap", reg_weight=reg_weight))
         detector.train()
         detector(images, targets)["loss"].backward()
@@ -112,7 +112,7 @@ def test_pap_reg_weight_scales_only_the_box_branch():
 
 def test_ghm_records_gradient_norm_histogram():
     criterion = build_criterion("ghm")
-    detector = build_detector(DetectorConfig(num_classes=3, image_size=64), criterion)
+    detector = build_detector(DetectorConfig(num_classes=3, image_size=64, fpn_channels=32), criterion)
     detector.train()
     detector(*tiny_batch())
     criterion.epoch_end()

@@ -37,11 +37,15 @@ class IterationTimer(pl.Callback):
         self.total = 0.0
         self.count = 0
         self.seen = 0
+        self.warmup_total = 0.0
         self._start: float | None = None
 
     @property
     def seconds_per_iteration(self) -> float:
-        return self.total / self.count if self.count else float("nan")
+        """Mean over the timed iterations (over all of them if the run was shorter than the warm-up)."""
+        if self.count:
+            return self.total / self.count
+        return self.warmup_total / self.seen if self.seen else float("nan")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._start = time.perf_counter()
@@ -54,15 +58,18 @@ class IterationTimer(pl.Callback):
         if self.seen > self.skip:
             self.total += elapsed
             self.count += 1
+        else:
+            self.warmup_total += elapsed
         self._start = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "count": self.count, "seen": self.seen}
+        return {"total": self.total, "count": self.count, "seen": self.seen, "warmup_total": self.warmup_total}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.total = float(state_dict.get("total", 0.0))
         self.count = int(state_dict.get("count", 0))
         self.seen = int(state_dict.get("seen", 0))
+        self.warmup_total = float(state_dict.get("warmup_total", 0.0))
 
 
 def append_gradient_norms(path: str | os.PathLike, edges: list[float], epoch: int, counts: list[float]) -> Path:

@@ -37,6 +37,7 @@ class TrainConfig:
     pretrained_backbone: bool = False
     trainable_layers: int | None = None
     anchor_scale: float = 4.0
+    fpn_channels: int = 256
     loss: str = "focal"
     loss_options: dict[str, Any] = field(default_factory=dict)
     pap_params: str | None = None

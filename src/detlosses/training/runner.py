@@ -55,9 +55,13 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, timer: Iterat
     callbacks: list[pl.Callback] = []
     loggers: list[Any] | bool = False
     if for_fit:
+        # Checkpoints are written after the module's epoch-end hook (which updates epoch-level
+        # loss state such as aLRP's self-balance weight), so a resumed run continues exactly.
         callbacks = [
+            ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+                            enable_version_counter=False, save_on_train_epoch_end=True),
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max",
-                            save_last=True, save_top_k=1, enable_version_counter=False),
+                            save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
             LearningRateMonitor(logging_interval="step"),
         ]
         if timer is not None:
@@ -93,10 +97,17 @@ def _read_csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _merge_csv_log(path: Path, earlier: list[dict[str, str]], resumed_epoch: int) -> None:
-    """Lightning's CSV logger starts a fresh file on resume: put the rows before the resumed
-    epoch back in front of the new ones (rows of the interrupted epoch are dropped)."""
-    kept = [row for row in earlier if row.get("epoch") not in (None, "") and int(row["epoch"]) < resumed_epoch]
+def _merge_csv_log(path: Path, earlier: list[dict[str, str]], last_epoch: int, global_step: int) -> None:
+    """Lightning's CSV logger starts a fresh file on resume: put the rows logged up to the
+    checkpoint (epoch ``last_epoch`` complete, ``global_step`` steps) back in front of the new
+    ones; rows of the interrupted epoch are dropped."""
+
+    def before_checkpoint(row: dict[str, str]) -> bool:
+        if row.get("epoch") not in (None, ""):
+            return int(float(row["epoch"])) <= last_epoch
+        return row.get("step") not in (None, "") and int(float(row["step"])) < global_step
+
+    kept = [row for row in earlier if before_checkpoint(row)]
     rows = kept + _read_csv_rows(path)
     fields: list[str] = []
     for row in rows:
@@ -135,11 +146,14 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     timer = IterationTimer()
     ckpt_path = str(last) if resume and last.exists() else None
     earlier_log = _read_csv_rows(run_dir / "metrics.csv") if ckpt_path else []
-    resumed_epoch = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", 0)) if ckpt_path else 0
+    resumed_at = (0, 0)
+    if ckpt_path:
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        resumed_at = (int(saved.get("epoch", 0)), int(saved.get("global_step", 0)))
     trainer = _trainer(config, run_dir, for_fit=True, timer=timer)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero and earlier_log:
-        _merge_csv_log(run_dir / "metrics.csv", earlier_log, resumed_epoch)
+        _merge_csv_log(run_dir / "metrics.csv", earlier_log, *resumed_at)
     trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = dict(module.last_metrics or {})
     metrics["seconds_per_iteration"] = timer.seconds_per_iteration
