@@ -26,7 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from ..ranking import IdentityUpdateResult, LogitGradient, identity_update, smoothed_step
+from ..ranking.distributed import DistributedContext, attach_local, resolve_context
 from ..ranking.positive_windows import PositiveWindows
+from ._grad_scale import scale_gradient
 from ._ranking_common import empty_result, flatten_batch, validate_logits_and_targets
 from ._self_balance import SelfBalance
 from ._validation import check_finite, check_nonnegative_scalar, check_tensor, check_ternary_targets
@@ -36,21 +38,25 @@ __all__ = ["alrp_loss", "ALRPLoss", "ALRPLossOutput"]
 ALRP_EPS = 1e-5
 
 
-def _alrp_computation(targets: Tensor, loc_errors: Tensor, delta: float, eps: float):
+def _alrp_computation(targets: Tensor, loc_errors: Tensor, delta: float, eps: float, context: DistributedContext,
+                      shared: dict):
     def compute(logits: Tensor, needs_grad: bool) -> IdentityUpdateResult:
         batch = flatten_batch(logits, targets)
-        num_pos = batch.num_positives
-        if loc_errors.numel() != num_pos:
+        if loc_errors.numel() != batch.num_positives:
             raise ValueError(
-                f"loc_errors has {loc_errors.numel()} entries but targets has {num_pos} positives; "
+                f"loc_errors has {loc_errors.numel()} entries but targets has {batch.num_positives} positives; "
                 "give one localisation error per positive, in targets.flatten() order"
             )
+        sizes = context.gather_sizes(batch.num_positives, batch.scores.device)
+        num_pos = sum(sizes)
         if num_pos == 0:
             empty = torch.zeros(0, dtype=torch.float64, device=batch.scores.device)
             return empty_result(batch, 1, auxiliary=(empty,))
         kernel = smoothed_step(delta)
-        windows = PositiveWindows(batch.scores, batch.positive_index, batch.negative_mask, kernel)
-        errors = loc_errors.to(torch.float64)
+        windows = PositiveWindows(batch.scores, batch.positive_index, batch.negative_mask, kernel, context, sizes)
+        shared.update(scores=windows.positive_scores, local=windows.local)
+        errors = windows.gather(loc_errors.to(torch.float64))
+        shared["errors"] = errors
         h0 = windows.self_term
         rank_pos = 1.0 + windows.positive_sums() - h0
         false_pos = windows.false_positive_counts()
@@ -61,12 +67,13 @@ def _alrp_computation(targets: Tensor, loc_errors: Tensor, delta: float, eps: fl
         active = false_pos > eps
         weighted_above = windows.positive_sums(errors) - h0 * errors  # sum_{k != i} H(s_k - s_i) e_k
         positive_grad = torch.where(active, -(weighted_above + false_pos) / rank, torch.zeros_like(rank))
-        negative_coeff = torch.where(active, -positive_grad / false_pos, torch.zeros_like(rank)) / num_pos
+        grad_scale = context.gradient_scale / num_pos
+        negative_coeff = torch.where(active, -positive_grad / false_pos, torch.zeros_like(rank)) * grad_scale
         negative_grad = windows.negative_gradient(negative_coeff)
         gradient = LogitGradient(
             dense=negative_grad,
             index=batch.positive_index,
-            values=(positive_grad / num_pos).to(negative_grad.dtype),
+            values=(positive_grad * grad_scale)[windows.local].to(negative_grad.dtype),
         )
         return IdentityUpdateResult([value], [gradient], auxiliary=(rank,))
 
@@ -81,7 +88,13 @@ class ALRPLossOutput(NamedTuple):
 
 
 def alrp_loss(
-    logits: Tensor, targets: Tensor, loc_errors: Tensor, *, delta: float = 1.0, eps: float = ALRP_EPS
+    logits: Tensor,
+    targets: Tensor,
+    loc_errors: Tensor,
+    *,
+    delta: float = 1.0,
+    eps: float = ALRP_EPS,
+    distributed: bool | None = None,
 ) -> ALRPLossOutput:
     """aLRP Loss: (classification, localisation) components of one batch.
 
@@ -93,6 +106,8 @@ def alrp_loss(
             component's gradient flows through it), a constant for the classification part.
         delta: half-width of the smoothed step (``0``: exact step).
         eps: positives with ``N_FP <= eps`` get no classification gradient (released value 1e-5).
+        distributed: rank the union of all data-parallel ranks' batches (default: whenever
+            ``torch.distributed`` is initialised with several ranks); ``False``: this rank alone.
 
     Returns:
         ``(classification, localisation)``; combine them as ``cls + w * loc`` (see
@@ -108,21 +123,24 @@ def alrp_loss(
     check_finite(loc_errors, "loc_errors")
     delta = check_nonnegative_scalar(delta, "delta")
     eps = check_nonnegative_scalar(eps, "eps")
+    context = resolve_context(distributed)
+    shared: dict = {}
     classification, rank = identity_update(
-        logits, _alrp_computation(targets.detach(), loc_errors.detach(), delta, eps)
+        logits, _alrp_computation(targets.detach(), loc_errors.detach(), delta, eps, context, shared)
     )
     if rank.numel() == 0:
         return ALRPLossOutput(classification, loc_errors.sum() * 0.0)
-    localisation = _localisation_component(logits, targets, loc_errors, rank)
+    errors = loc_errors.to(torch.promote_types(loc_errors.dtype, torch.float32))
+    if context.active:  # global order and ranks; gradients reach only this rank's errors
+        errors = scale_gradient(errors, context.gradient_scale)
+        errors = attach_local(shared["errors"].to(errors.dtype), errors, shared["local"].start)
+    localisation = _localisation_component(shared["scores"], errors, rank)
     return ALRPLossOutput(classification, localisation)
 
 
-def _localisation_component(logits: Tensor, targets: Tensor, loc_errors: Tensor, rank: Tensor) -> Tensor:
+def _localisation_component(positive_scores: Tensor, errors: Tensor, rank: Tensor) -> Tensor:
     """``mean_i cumsum(e)_i / rank(i)`` over positives in descending logit order (rank detached)."""
-    flat_targets = targets.detach().reshape(-1)
-    positive_logits = logits.detach().reshape(-1)[(flat_targets == 1).nonzero().squeeze(1)]
-    order = torch.argsort(positive_logits, descending=True, stable=True)
-    errors = loc_errors.to(torch.promote_types(loc_errors.dtype, torch.float32))
+    order = torch.argsort(positive_scores, descending=True, stable=True)
     cumulative = torch.cumsum(errors[order], dim=0)
     return (cumulative / rank[order].to(cumulative.dtype)).mean()
 
@@ -138,12 +156,18 @@ class ALRPLoss(nn.Module):
     """
 
     def __init__(
-        self, delta: float = 1.0, initial_weight: float = 50.0, eps: float = ALRP_EPS, loss_weight: float = 1.0
+        self,
+        delta: float = 1.0,
+        initial_weight: float = 50.0,
+        eps: float = ALRP_EPS,
+        loss_weight: float = 1.0,
+        distributed: bool | None = None,
     ) -> None:
         super().__init__()
         self.delta = check_nonnegative_scalar(delta, "delta")
         self.eps = check_nonnegative_scalar(eps, "eps")
         self.loss_weight = float(loss_weight)
+        self.distributed = distributed
         self.self_balance = SelfBalance(initial_weight)
 
     @property
@@ -152,7 +176,8 @@ class ALRPLoss(nn.Module):
         return self.self_balance.current
 
     def forward(self, logits: Tensor, targets: Tensor, loc_errors: Tensor) -> dict[str, Tensor]:
-        cls, loc = alrp_loss(logits, targets, loc_errors, delta=self.delta, eps=self.eps)
+        cls, loc = alrp_loss(logits, targets, loc_errors, delta=self.delta, eps=self.eps,
+                             distributed=self.distributed)
         if self.training:
             self.self_balance.record(cls, loc)
         loss = self.loss_weight * (cls + self.self_balance.weight.to(loc.dtype) * loc)

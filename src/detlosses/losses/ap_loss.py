@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ranking import IdentityUpdateResult, LogitGradient, identity_update, smoothed_step
+from ..ranking.distributed import DistributedContext, resolve_context
 from ..ranking.positive_windows import PositiveWindows
 from ._ranking_common import empty_result, flatten_batch, validate_logits_and_targets
 from ._validation import check_nonnegative_scalar, check_ternary_targets
@@ -39,14 +40,15 @@ def _interpolated_precision(precision: Tensor, scores: Tensor) -> Tensor:
     return out
 
 
-def _ap_computation(targets: Tensor, delta: float, interpolate: bool):
+def _ap_computation(targets: Tensor, delta: float, interpolate: bool, context: DistributedContext):
     def compute(logits: Tensor, needs_grad: bool) -> IdentityUpdateResult:
         batch = flatten_batch(logits, targets)
-        if batch.num_positives == 0:
+        sizes = context.gather_sizes(batch.num_positives, batch.scores.device)
+        num_pos = sum(sizes)
+        if num_pos == 0:
             return empty_result(batch, 1)
         kernel = smoothed_step(delta)
-        windows = PositiveWindows(batch.scores, batch.positive_index, batch.negative_mask, kernel)
-        num_pos = batch.num_positives
+        windows = PositiveWindows(batch.scores, batch.positive_index, batch.negative_mask, kernel, context, sizes)
         rank_pos = 1.0 + windows.positive_sums() - windows.self_term
         rank = rank_pos + windows.false_positive_counts()
         precision = rank_pos / rank
@@ -60,8 +62,9 @@ def _ap_computation(targets: Tensor, delta: float, interpolate: bool):
         value = (1.0 - max_precision.mean()).to(batch.scores.dtype)
         if not needs_grad:
             return IdentityUpdateResult([value], [LogitGradient()])
-        negative_grad = windows.negative_gradient(scale / rank / num_pos)
-        positive_grad = -(1.0 - max_precision) / num_pos
+        grad_scale = context.gradient_scale / num_pos
+        negative_grad = windows.negative_gradient(scale / rank * grad_scale)
+        positive_grad = (-(1.0 - max_precision) * grad_scale)[windows.local]
         gradient = LogitGradient(
             dense=negative_grad, index=batch.positive_index, values=positive_grad.to(negative_grad.dtype)
         )
@@ -70,7 +73,14 @@ def _ap_computation(targets: Tensor, delta: float, interpolate: bool):
     return compute
 
 
-def ap_loss(logits: Tensor, targets: Tensor, *, delta: float = 1.0, interpolate: bool = True) -> Tensor:
+def ap_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    delta: float = 1.0,
+    interpolate: bool = True,
+    distributed: bool | None = None,
+) -> Tensor:
     """AP-Loss of a batch of classification logits (one ranking over all entries).
 
     Args:
@@ -79,6 +89,9 @@ def ap_loss(logits: Tensor, targets: Tensor, *, delta: float = 1.0, interpolate:
         targets: same shape; ``1`` positive, ``0`` negative, ``-1`` ignored.
         delta: half-width of the smoothed step ``H`` (``0``: exact step ``[x >= 0]``).
         interpolate: use interpolated AP (the released default) instead of the CVPR form.
+        distributed: rank the union of all data-parallel ranks' batches (default: whenever
+            ``torch.distributed`` is initialised with several ranks); ``False`` ranks this rank's
+            share alone. See :mod:`detlosses.ranking.distributed`.
 
     Returns:
         Scalar ``1 - AP`` (in float32, or float64 for float64 logits). Its gradient w.r.t.
@@ -88,21 +101,27 @@ def ap_loss(logits: Tensor, targets: Tensor, *, delta: float = 1.0, interpolate:
     logits, targets = validate_logits_and_targets(logits, targets)
     check_ternary_targets(targets)
     delta = check_nonnegative_scalar(delta, "delta")
-    (loss,) = identity_update(logits, _ap_computation(targets.detach(), delta, bool(interpolate)))
+    context = resolve_context(distributed)
+    (loss,) = identity_update(logits, _ap_computation(targets.detach(), delta, bool(interpolate), context))
     return loss
 
 
 class APLoss(nn.Module):
     """Module form of :func:`ap_loss`; the result is multiplied by ``loss_weight``."""
 
-    def __init__(self, delta: float = 1.0, interpolate: bool = True, loss_weight: float = 1.0) -> None:
+    def __init__(
+        self, delta: float = 1.0, interpolate: bool = True, loss_weight: float = 1.0, distributed: bool | None = None
+    ) -> None:
         super().__init__()
         self.delta = check_nonnegative_scalar(delta, "delta")
         self.interpolate = bool(interpolate)
         self.loss_weight = float(loss_weight)
+        self.distributed = distributed
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return self.loss_weight * ap_loss(logits, targets, delta=self.delta, interpolate=self.interpolate)
+        return self.loss_weight * ap_loss(
+            logits, targets, delta=self.delta, interpolate=self.interpolate, distributed=self.distributed
+        )
 
     def extra_repr(self) -> str:
         return f"delta={self.delta}, interpolate={self.interpolate}, loss_weight={self.loss_weight}"

@@ -16,7 +16,7 @@ Both losses weight every element by the inverse density of its *gradient norm* `
 Better than the originals: the histogram is one ``bincount`` (no Python loop over bins with a host
 sync per bin); weights are float32 or wider whatever the input dtype (no fp16 overflow of
 ``tot / A_b``); one histogram covers whatever is passed (flatten every FPN level of the batch into
-one call); and an opt-in bias correction ``A_b / (1 - m^k_b)`` (``k_b`` = updates of bin ``b``)
+one call) and, under data parallelism, every rank (counts all-reduced); and an opt-in bias correction ``A_b / (1 - m^k_b)`` (``k_b`` = updates of bin ``b``)
 removes the EMA's start-up bias (first weights ``1 / (1 - m)`` too large).
 """
 
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._reduction import check_reduction, weight_reduce_loss
+from ..ranking.distributed import DistributedContext, resolve_context, union_sum
+from ._reduction import check_reduction
 from ._validation import check_finite, check_same_shape, check_tensor
 
 __all__ = ["GHMC", "GHMR", "gradient_density_weights"]
@@ -48,14 +49,19 @@ def gradient_density_weights(
     updates: Tensor | None = None,
     momentum: float = 0.0,
     bias_correction: bool = False,
+    context: DistributedContext | None = None,
 ) -> Tensor:
     """Per-element GHM weights ``tot / density(bin) / n`` (0 for invalid elements).
 
-    ``ema`` and ``updates`` (per-bin buffers) are updated in place when ``momentum > 0``.
+    ``ema`` and ``updates`` (per-bin buffers) are updated in place when ``momentum > 0``. Under
+    data parallelism (``context``) the bin counts are summed over the ranks (``tot`` must be the
+    union's), so every rank weights by the union's density and holds the same EMA.
     """
     bins = edges.numel() - 1
     index = (torch.bucketize(g, edges, right=True) - 1).clamp_(0, bins - 1)
     counts = torch.bincount(index[valid], minlength=bins).to(torch.float64)
+    if context is not None:
+        counts = context.all_reduce_sum(counts)
     non_empty = counts > 0
     tot64 = tot.to(torch.float64)
     if momentum > 0.0:
@@ -78,8 +84,10 @@ class _GHMBase(nn.Module):
     ema: Tensor
     updates: Tensor
 
-    def __init__(self, bins: int, momentum: float, loss_weight: float, reduction: str, bias_correction: bool):
+    def __init__(self, bins: int, momentum: float, loss_weight: float, reduction: str, bias_correction: bool,
+                 distributed: bool | None = None):
         super().__init__()
+        self.distributed = distributed
         if not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins must be a positive integer, got {bins!r}")
         if not 0.0 <= float(momentum) < 1.0:
@@ -92,20 +100,25 @@ class _GHMBase(nn.Module):
         self.register_buffer("ema", torch.zeros(bins, dtype=torch.float64))
         self.register_buffer("updates", torch.zeros(bins, dtype=torch.float64))
 
-    def _weights(self, g: Tensor, valid: Tensor, tot: Tensor, last_edge: float) -> Tensor:
+    def _weights(self, g: Tensor, valid: Tensor, tot: Tensor, last_edge: float, context) -> Tensor:
         edges = _bin_edges(self.bins, last_edge, g.dtype, g.device)
         if self.momentum > 0.0 and self.training:
             return gradient_density_weights(
-                g, valid, tot, edges, self.ema, self.updates, self.momentum, self.bias_correction
+                g, valid, tot, edges, self.ema, self.updates, self.momentum, self.bias_correction, context
             )
         # Evaluation mode leaves the EMA untouched and weights by the batch's own histogram.
-        return gradient_density_weights(g, valid, tot, edges)
+        return gradient_density_weights(g, valid, tot, edges, context=context)
 
-    def _reduce(self, loss: Tensor, weights: Tensor, tot: Tensor, reduction_override: str | None) -> Tensor:
+    def _reduce(self, loss: Tensor, weights: Tensor, tot: Tensor, reduction_override: str | None,
+                context: DistributedContext) -> Tensor:
         reduction = check_reduction(reduction_override or self.reduction)
-        return self.loss_weight * weight_reduce_loss(
-            loss, weights, reduction, avg_factor=tot if reduction == "mean" else None
-        )
+        if reduction == "none":
+            return self.loss_weight * loss * weights
+        total = (loss * weights).sum()
+        if reduction == "mean":
+            total = total / tot
+        # this rank's share of the union's sum (value: the union's; gradients scaled for DDP)
+        return self.loss_weight * union_sum(total, context)
 
     def extra_repr(self) -> str:
         return (f"bins={self.bins}, momentum={self.momentum}, loss_weight={self.loss_weight}, "
@@ -121,14 +134,16 @@ class GHMC(_GHMBase):
         loss_weight: multiplier of the result.
         reduction: ``"mean"`` (the released ``sum / tot``), ``"sum"`` or ``"none"``.
         bias_correction: divide the EMA by ``1 - m^k`` (off by default, as released).
+        distributed: one histogram over every data-parallel rank (default: whenever
+            ``torch.distributed`` is initialised with several ranks).
 
     The EMA state is in buffers (``state_dict``); it is updated only in training mode (in
     evaluation mode the weights come from the batch's own histogram).
     """
 
     def __init__(self, bins: int = 30, momentum: float = 0.75, loss_weight: float = 1.0,
-                 reduction: str = "mean", bias_correction: bool = False) -> None:
-        super().__init__(bins, momentum, loss_weight, reduction, bias_correction)
+                 reduction: str = "mean", bias_correction: bool = False, distributed: bool | None = None) -> None:
+        super().__init__(bins, momentum, loss_weight, reduction, bias_correction, distributed)
 
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
                 reduction_override: str | None = None) -> Tensor:
@@ -155,11 +170,12 @@ class GHMC(_GHMBase):
         if bool(((t != 0) & (t != 1)).any()):
             raise ValueError("GHMC target must be binary (0 or 1) per element")
         valid = weight > 0
-        tot = valid.sum().clamp_min(1).to(compute_dtype)
+        context = resolve_context(self.distributed)
+        tot = context.all_reduce_sum(valid.sum().to(torch.float64)).clamp_min(1).to(compute_dtype)
         g = (torch.sigmoid(x.detach()) - t).abs()
-        weights = self._weights(g, valid, tot, last_edge=1.0)
+        weights = self._weights(g, valid, tot, 1.0, context)
         loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-        return self._reduce(loss, weights, tot, reduction_override)
+        return self._reduce(loss, weights, tot, reduction_override, context)
 
 
 class GHMR(_GHMBase):
@@ -175,8 +191,8 @@ class GHMR(_GHMBase):
     """
 
     def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7, loss_weight: float = 1.0,
-                 reduction: str = "mean", bias_correction: bool = False) -> None:
-        super().__init__(bins, momentum, loss_weight, reduction, bias_correction)
+                 reduction: str = "mean", bias_correction: bool = False, distributed: bool | None = None) -> None:
+        super().__init__(bins, momentum, loss_weight, reduction, bias_correction, distributed)
         if not float(mu) > 0.0:
             raise ValueError(f"mu must be > 0, got {mu}")
         self.mu = float(mu)
@@ -198,9 +214,10 @@ class GHMR(_GHMBase):
         loss = torch.sqrt(diff * diff + mu2) - self.mu
         g = (diff.detach() / torch.sqrt(mu2 + diff.detach() * diff.detach())).abs()
         valid = weight > 0
-        tot = weight.to(compute_dtype).sum().clamp_min(1.0)
-        weights = self._weights(g, valid, tot, last_edge=1e3)
-        return self._reduce(loss, weights, tot, reduction_override)
+        context = resolve_context(self.distributed)
+        tot = context.all_reduce_sum(weight.detach().to(torch.float64).sum()).clamp_min(1.0).to(compute_dtype)
+        weights = self._weights(g, valid, tot, 1e3, context)
+        return self._reduce(loss, weights, tot, reduction_override, context)
 
     def extra_repr(self) -> str:
         return f"mu={self.mu}, " + super().extra_repr()

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ranking import SortedWindows, control_point_kernel, square_kernel, working_dtype
+from ..ranking.distributed import DistributedContext, gather_with_grad, resolve_context, shared_sum, union_sum
 from ..ranking.kernel_sum import DenseEvaluator, WindowEvaluator, kernel_sum
 from ..ranking.kernels import PiecewisePolynomialKernel
 from ._grad_scale import scale_gradient
@@ -93,17 +94,26 @@ class _Form:
         return interpolate_control_points(u, *self.i_points[name])
 
 
-def _candidate_mask(targets: Tensor, scores: Tensor, topk: int | None) -> Tensor:
+def _candidate_mask(targets: Tensor, scores: Tensor, topk: int | None, context: DistributedContext) -> Tensor:
     valid = targets != -1
     if topk is None:
         return valid
     valid_index = valid.nonzero().squeeze(1)
-    if valid_index.numel() <= topk:
+    if not context.active:
+        if valid_index.numel() <= topk:
+            return valid
+        kept = torch.topk(scores[valid_index], topk, sorted=False).indices
+        mask = torch.zeros_like(valid)
+        mask[valid_index[kept]] = True
+        return mask
+    # the k largest of the union: every rank's own k largest, then the union's k-th value
+    local_top = torch.topk(scores[valid_index], min(topk, int(valid_index.numel())), sorted=False).values
+    sizes = context.gather_sizes(int(local_top.numel()), scores.device)
+    if sum(sizes) <= topk:
         return valid
-    kept = torch.topk(scores[valid_index], topk, sorted=False).indices
-    mask = torch.zeros_like(valid)
-    mask[valid_index[kept]] = True
-    return mask
+    union_top = context.all_gather_variable(local_top, sizes)
+    threshold = torch.topk(union_top, topk, sorted=True).values[-1]
+    return valid & (scores >= threshold)
 
 
 def _step_sums(queries: Tensor, points: Tensor, buckets_mask: Tensor) -> Tensor:
@@ -125,6 +135,7 @@ def parameterized_ap_loss(
     params: str | Tensor | PAPParams = "retinanet",
     topk: int | None = None,
     reg_weight: float = 1.0,
+    distributed: bool | None = None,
 ) -> Tensor:
     """Parameterized AP Loss of one batch.
 
@@ -142,6 +153,9 @@ def parameterized_ap_loss(
         reg_weight: multiplies the gradient that reaches ``ious`` (the box branch); the searched
             presets come with their own value in ``PAPParams.reg_weight`` (used by
             :class:`ParameterizedAPLoss`).
+        distributed: rank the union of all data-parallel ranks' batches (default: whenever
+            ``torch.distributed`` is initialised with several ranks); ``False``: this rank alone.
+            With ``topk`` the union's cut is a score threshold, so ties at the cut are all kept.
 
     Returns:
         Scalar loss (float32, or float64 for float64 logits). No positive: 0, gradients 0.
@@ -158,11 +172,13 @@ def parameterized_ap_loss(
     if not (float(reg_weight) > 0.0 and float(reg_weight) < float("inf")):
         raise ValueError(f"reg_weight must be a finite number > 0, got {reg_weight}")
 
+    context = resolve_context(distributed)
     dtype = working_dtype(logits.dtype)
     flat_logits = logits.reshape(-1).to(dtype)
     flat_targets = targets.detach().reshape(-1)
     positive_index = (flat_targets == 1).nonzero().squeeze(1)
-    num_pos = int(positive_index.numel())
+    sizes = context.gather_sizes(int(positive_index.numel()), flat_logits.device)
+    num_pos = sum(sizes)
     if num_pos == 0:
         return flat_logits[:0].sum() + ious.reshape(-1)[:0].to(dtype).sum()
     u = ious.reshape(-1)[positive_index].to(dtype)
@@ -172,9 +188,10 @@ def parameterized_ap_loss(
 
     form = _Form(resolved)
     scores = flat_logits.detach()
-    queries = flat_logits[positive_index]
-    query_values = scores[positive_index]
-    candidates = _candidate_mask(flat_targets, scores, topk)
+    # the queries are the positives of every rank; their gradients return to the owner
+    queries = gather_with_grad(flat_logits[positive_index], context, sizes)
+    query_values = queries.detach()
+    candidates = _candidate_mask(flat_targets, scores, topk, context)
     negative_points = candidates & (flat_targets == 0)
     positive_in_s = candidates[positive_index]
     positive_points = positive_index[positive_in_s]
@@ -188,9 +205,14 @@ def parameterized_ap_loss(
     else:
         h2_sum, h1_sum = _window_sums(form, flat_logits, queries, query_values, scores, negative_points,
                                       positive_points, positive_in_s, negative_weight, positive_weights)
-    ratio = torch.where(h1_sum > 0, h2_sum / torch.where(h1_sum > 0, h1_sum, 1.0), 0.0)
+    # this rank's points contributed partial sums: add up every rank's
+    h2_sum = shared_sum(h2_sum, context)
+    h1_sum = context.all_reduce_sum(h1_sum)
+    start = context.offset(sizes)
+    local = slice(start, start + int(positive_index.numel()))
+    ratio = torch.where(h1_sum > 0, h2_sum / torch.where(h1_sum > 0, h1_sum, 1.0), 0.0)[local]
     per_positive = (1.0 - form.i_function("I1", u)) + form.i_function("I3", u) * ratio
-    return per_positive.sum() / num_pos
+    return union_sum(per_positive.sum(), context) / num_pos
 
 
 def _window_sums(form, flat_logits, queries, query_values, scores, negative_points, positive_points,
@@ -254,8 +276,10 @@ class ParameterizedAPLoss(nn.Module):
         topk: int | None = None,
         reg_weight: float | None = None,
         loss_weight: float = 1.0,
+        distributed: bool | None = None,
     ) -> None:
         super().__init__()
+        self.distributed = distributed
         self.params = resolve_params(params)
         self.topk = topk
         self.reg_weight = float(self.params.reg_weight if reg_weight is None else reg_weight)
@@ -263,7 +287,8 @@ class ParameterizedAPLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, ious: Tensor) -> Tensor:
         return self.loss_weight * parameterized_ap_loss(
-            logits, targets, ious, params=self.params, topk=self.topk, reg_weight=self.reg_weight
+            logits, targets, ious, params=self.params, topk=self.topk, reg_weight=self.reg_weight,
+            distributed=self.distributed,
         )
 
     def extra_repr(self) -> str:

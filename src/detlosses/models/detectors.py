@@ -13,6 +13,7 @@ seed the torch hub cache first, see :func:`~detlosses.models.weights.seed_torch_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,8 @@ class DetectorConfig:
             with aspect ratios 0.5, 1, 2 (4 in the RetinaNet paper).
         fpn_channels: width of the FPN and of the heads (256 as published; 128 is 4x cheaper in
             the heads, which dominate the cost of small images on a CPU).
+        head_norm: ``"group"`` (GroupNorm in the RetinaNet head convolutions, as torchvision's
+            RetinaNet v2; FCOS always uses it) or ``"none"`` (the original RetinaNet head).
         score_thresh, nms_thresh, detections_per_img: post-processing.
     """
 
@@ -68,6 +71,7 @@ class DetectorConfig:
     trainable_layers: int | None = None
     anchor_scale: float = 4.0
     fpn_channels: int = 256
+    head_norm: str = "group"
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -83,6 +87,8 @@ class DetectorConfig:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
         if self.fpn_channels < 8:
             raise ValueError(f"fpn_channels must be >= 8, got {self.fpn_channels}")
+        if self.head_norm not in ("group", "none"):
+            raise ValueError(f"head_norm must be 'group' or 'none', got {self.head_norm!r}")
 
 
 def _backbone(config: DetectorConfig) -> nn.Module:
@@ -151,8 +157,11 @@ def _centerness_loss(batch: DenseAssignment) -> Tensor:
 
 
 class RetinaNetCriterionHead(_CriterionMixin, RetinaNetHead):
-    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, criterion: DetectionCriterion):
-        super().__init__(in_channels, num_anchors, num_classes)
+    def __init__(
+        self, in_channels: int, num_anchors: int, num_classes: int, criterion: DetectionCriterion,
+        norm_layer=None,
+    ):
+        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
         self.criterion = criterion
         self.box_coder = self.regression_head.box_coder
 
@@ -174,8 +183,9 @@ def build_detector(config: DetectorConfig, criterion: DetectionCriterion) -> nn.
     if config.model == "retinanet":
         sizes = tuple(tuple(config.anchor_scale * s * 2 ** (k / 3) for k in range(3)) for s in strides)
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(strides))
+        norm = partial(nn.GroupNorm, min(32, backbone.out_channels)) if config.head_norm == "group" else None
         head = RetinaNetCriterionHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
-                                      config.num_classes, criterion)
+                                      config.num_classes, criterion, norm_layer=norm)
         return RetinaNet(backbone, config.num_classes, anchor_generator=anchors, head=head, **common)
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
     head = FCOSCriterionHead(backbone.out_channels, anchors.num_anchors_per_location()[0], config.num_classes,

@@ -38,6 +38,7 @@ class TrainConfig:
     trainable_layers: int | None = None
     anchor_scale: float = 4.0
     fpn_channels: int = 256
+    head_norm: str = "group"
     loss: str = "focal"
     loss_options: dict[str, Any] = field(default_factory=dict)
     pap_params: str | None = None

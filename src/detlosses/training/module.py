@@ -50,7 +50,7 @@ class DetectionModule(pl.LightningModule):
                 model=self.config.model, backbone=self.config.backbone, num_classes=len(self.classes),
                 image_size=self.config.image_size, pretrained_backbone=self.config.pretrained_backbone,
                 trainable_layers=self.config.trainable_layers, anchor_scale=self.config.anchor_scale,
-                fpn_channels=self.config.fpn_channels,
+                fpn_channels=self.config.fpn_channels, head_norm=self.config.head_norm,
                 score_thresh=self.config.score_thresh,
             ),
             self.criterion,

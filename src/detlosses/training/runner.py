@@ -61,7 +61,8 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, timer: Iterat
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                             enable_version_counter=False, save_on_train_epoch_end=True),
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max",
-                            save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True),
+                            save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True,
+                            every_n_epochs=config.val_every),
             LearningRateMonitor(logging_interval="step"),
         ]
         if timer is not None:
