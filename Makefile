@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
+# ImageNet MobileNetV2 weights from ../shared when present (offline); otherwise the backbone starts from scratch.
+WEIGHTS ?= ../shared/weights
+PRETRAINED = $(if $(wildcard $(WEIGHTS)/*.pth),--pretrained-backbone --weights-dir $(WEIGHTS),--no-pretrained-backbone)
+
 demo: $(STAMP)
-	$(PY) -m benchmarks.losses --sizes small
+	$(VENV)/bin/detlosses compare --config configs/demo.yaml --losses focal,ap,alrp --seeds 0 \
+		--out runs/demo $(PRETRAINED)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.losses --sizes full --json benchmarks/results/losses.json

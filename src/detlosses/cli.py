@@ -86,8 +86,12 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def _run(job) -> Any:
+    import logging
+
     from .training import quiet_lightning
 
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("detlosses").setLevel(logging.INFO)
     quiet_lightning()
     try:
         return job()

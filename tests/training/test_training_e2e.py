@@ -127,3 +127,26 @@ def test_cli_errors_are_clear(tmp_path):
     assert out.exit_code == 2 and "does not exist" in out.stderr
     out = runner.invoke(app, ["train", "--set", "epochs"])
     assert out.exit_code == 2 and "must look like key=value" in out.stderr
+
+
+def test_two_process_ddp_training_stays_in_sync(tmp_path):
+    """Lightning DDP on 2 CPU processes (gloo): global ranking, same weights and SB weight on both ranks."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["train", "--data", "synthetic:images=16,size=64", "--image-size", "64", "--batch-size", "2",
+            "--epochs", "2", "--loss", "alrp", "--out", str(out), "--devices", "2", "--strategy", "ddp",
+            "--accelerator", "cpu", "--set", "warmup_iters=1", "--set", "progress_bar=false",
+            "--set", "fpn_channels=32"]
+    done = subprocess.run(_cli(*args), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check = json.loads((out / "distributed_check.json").read_text())
+    assert check["world_size"] == 2 and check["identical"], check
+    assert check["ranks"][0]["loss_state"]["sb_weight"] != 50.0
+    assert json.loads((out / "metrics.json").read_text())["run"]["devices"] == 2
+
+
+def test_bf16_mixed_precision_run(tmp_path):
+    config = TrainConfig(loss="ap", precision="bf16-mixed", limit_train_batches=1, out=str(tmp_path / "bf16"),
+                         **TINY)
+    metrics = train(config).metrics
+    assert 0.0 <= metrics["AP"] <= 1.0

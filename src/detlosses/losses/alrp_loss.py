@@ -29,6 +29,7 @@ from ..ranking import IdentityUpdateResult, LogitGradient, identity_update, smoo
 from ..ranking.distributed import DistributedContext, attach_local, resolve_context
 from ..ranking.positive_windows import PositiveWindows
 from ._grad_scale import scale_gradient
+from ._precision import full_precision
 from ._ranking_common import empty_result, flatten_batch, validate_logits_and_targets
 from ._self_balance import SelfBalance
 from ._validation import check_finite, check_nonnegative_scalar, check_tensor, check_ternary_targets
@@ -87,6 +88,7 @@ class ALRPLossOutput(NamedTuple):
     localisation: Tensor
 
 
+@full_precision
 def alrp_loss(
     logits: Tensor,
     targets: Tensor,

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..ranking import IdentityUpdateResult, LogitGradient, identity_update, smoothed_step
 from ..ranking.distributed import DistributedContext, resolve_context
 from ..ranking.positive_windows import PositiveWindows
+from ._precision import full_precision
 from ._ranking_common import empty_result, flatten_batch, validate_logits_and_targets
 from ._validation import check_nonnegative_scalar, check_ternary_targets
 
@@ -73,6 +74,7 @@ def _ap_computation(targets: Tensor, delta: float, interpolate: bool, context: D
     return compute
 
 
+@full_precision
 def ap_loss(
     logits: Tensor,
     targets: Tensor,

@@ -16,7 +16,8 @@ Both losses weight every element by the inverse density of its *gradient norm* `
 Better than the originals: the histogram is one ``bincount`` (no Python loop over bins with a host
 sync per bin); weights are float32 or wider whatever the input dtype (no fp16 overflow of
 ``tot / A_b``); one histogram covers whatever is passed (flatten every FPN level of the batch into
-one call) and, under data parallelism, every rank (counts all-reduced); and an opt-in bias correction ``A_b / (1 - m^k_b)`` (``k_b`` = updates of bin ``b``)
+one call) and, under data parallelism, every rank (counts all-reduced); and an opt-in bias
+correction ``A_b / (1 - m^k_b)`` (``k_b`` = updates of bin ``b``)
 removes the EMA's start-up bias (first weights ``1 / (1 - m)`` too large).
 """
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ranking.distributed import DistributedContext, resolve_context, union_sum
+from ._precision import full_precision
 from ._reduction import check_reduction
 from ._validation import check_finite, check_same_shape, check_tensor
 
@@ -145,6 +147,7 @@ class GHMC(_GHMBase):
                  reduction: str = "mean", bias_correction: bool = False, distributed: bool | None = None) -> None:
         super().__init__(bins, momentum, loss_weight, reduction, bias_correction, distributed)
 
+    @full_precision
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
                 reduction_override: str | None = None) -> Tensor:
         """``pred``: logits ``(N, C)`` (any shape); ``target``: binary, same shape, or integer
@@ -197,6 +200,7 @@ class GHMR(_GHMBase):
             raise ValueError(f"mu must be > 0, got {mu}")
         self.mu = float(mu)
 
+    @full_precision
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
                 reduction_override: str | None = None) -> Tensor:
         """``pred``, ``target``: box deltas ``(N, 4)``; ``weight``: label weights, same shape."""

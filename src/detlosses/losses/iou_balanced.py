@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
+from ._precision import full_precision
 from ._reduction import check_reduction, weight_reduce_loss
 from ._validation import check_finite, check_same_shape, check_tensor, check_unit_interval
 
@@ -43,6 +44,7 @@ def _broadcast_ious(ious: Tensor, reference: Tensor, name: str) -> Tensor:
     )
 
 
+@full_precision
 def iou_balanced_focal_loss(
     logits: Tensor,
     targets: Tensor,
@@ -92,6 +94,7 @@ def iou_balanced_focal_loss(
     return weight_reduce_loss(focal, element_weight, reduction, avg_factor)
 
 
+@full_precision
 def iou_balanced_smooth_l1_loss(
     pred: Tensor,
     target: Tensor,

@@ -31,6 +31,7 @@ from ..ranking.distributed import DistributedContext, gather_with_grad, resolve_
 from ..ranking.kernel_sum import DenseEvaluator, WindowEvaluator, kernel_sum
 from ..ranking.kernels import PiecewisePolynomialKernel
 from ._grad_scale import scale_gradient
+from ._precision import full_precision
 from ._ranking_common import validate_logits_and_targets
 from ._validation import (
     check_finite,
@@ -127,6 +128,7 @@ def _step_sums(queries: Tensor, points: Tensor, buckets_mask: Tensor) -> Tensor:
     return total
 
 
+@full_precision
 def parameterized_ap_loss(
     logits: Tensor,
     targets: Tensor,

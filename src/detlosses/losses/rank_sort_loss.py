@@ -34,6 +34,7 @@ from ..ranking import (
 )
 from ..ranking.distributed import DistributedContext, resolve_context
 from ..ranking.positive_windows import PositiveWindows
+from ._precision import full_precision
 from ._ranking_common import empty_result, flatten_batch, validate_logits_and_targets
 from ._validation import check_continuous_targets, check_nonnegative_scalar
 
@@ -96,6 +97,7 @@ class RankSortLossOutput(NamedTuple):
     sorting: Tensor
 
 
+@full_precision
 def rank_sort_loss(
     logits: Tensor,
     targets: Tensor,

@@ -3,6 +3,8 @@ COCO AP and LRP at the end of every validation epoch."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from torch import Tensor
 from ..data import label_to_category_id, rescale_boxes
 from ..evaluation import evaluate_detections, to_coco_detections
 from ..models import DetectorConfig, build_criterion, build_detector
-from .callbacks import append_gradient_norms
+from .callbacks import append_gradient_norms, write_json_atomic
 from .config import TrainConfig
 
 __all__ = ["DetectionModule", "plain_targets"]
@@ -101,6 +103,24 @@ class DetectionModule(pl.LightningModule):
             optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        """Under data parallelism, record that every rank ends with the same weights and loss state."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        mine = {"rank": dist.get_rank(), "state_sha256": digest.hexdigest(),
+                "loss_state": {k: float(v) for k, v in self.criterion.extra_logs().items()}}
+        records: list[dict[str, Any] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(records, mine)
+        if self.trainer.is_global_zero and self.run_dir is not None:
+            identical = len({r["state_sha256"] for r in records}) == 1 and len(
+                {json.dumps(r["loss_state"], sort_keys=True) for r in records}) == 1
+            write_json_atomic({"world_size": len(records), "identical": identical, "ranks": records},
+                              Path(self.run_dir) / "distributed_check.json")
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:

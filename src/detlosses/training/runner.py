@@ -32,6 +32,8 @@ from .module import DetectionModule
 
 __all__ = ["RunResult", "train", "evaluate_checkpoint", "compare", "quiet_lightning"]
 
+LOG = logging.getLogger("detlosses")
+
 
 @dataclass
 class RunResult:
@@ -238,8 +240,10 @@ def compare(
                                          loss_options=base.loss_options if loss == base.loss else {})
             metrics_file = run_dir / "metrics.json"
             if metrics_file.exists():
+                LOG.info("compare: %s seed %d already finished, reusing %s (delete it to rerun)", loss, seed, run_dir)
                 metrics = json.loads(metrics_file.read_text())
             else:
+                LOG.info("compare: training %s seed %d in %s", loss, seed, run_dir)
                 metrics = train(config, resume=True).metrics
             runs.append({"loss": loss, "seed": seed, "metrics": metrics, "run_dir": str(run_dir)})
     from ..reporting import write_comparison
