@@ -9,8 +9,10 @@ For every size (N logits, P positives) and ranking loss it measures, in one run:
 * ``focal``: ``torchvision.ops.sigmoid_focal_loss`` on the same logits (the floor we aim at).
 
 Logits are drawn like early training: negatives near the prior ``log(0.01/0.99) = -4.6``,
-positives slightly higher. Peak memory is the growth of the process's resident set during the
-call (``/proc/self/clear_refs`` + ``VmHWM``; Linux only).
+positives slightly higher. Times are medians measured in this process. Peak memory is measured
+per size in a fresh probe process: the growth of its resident set during one call
+(``/proc/self/clear_refs`` + ``VmHWM``, Linux only) with glibc returning every freed tensor to the
+system; for the dense Parameterized AP form the memory of a few columns is scaled to ``P``.
 
 Usage::
 
@@ -27,6 +29,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +49,7 @@ SIZES = {
     "full": ([100_000, 1_000_000, 4_000_000, 16_000_000], [10, 100, 1000, 4000]),
 }
 LOSSES = ("ap", "alrp", "rank_sort", "pap")
-LOOP_BUDGET_S = 3.0  # run the loop in full only if its estimate is below this
+LOOP_BUDGET_S = 10.0  # run the loop in full only if its estimate is below this
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -70,22 +73,58 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(fn: Callable[[], object], repeats: int) -> tuple[float, float | None]:
-    """Median wall time of ``fn()`` over ``repeats`` runs and the peak extra memory (MiB)."""
+def measure(fn: Callable[[], object], repeats: int) -> tuple[float, None]:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up run)."""
     fn()  # warm-up
-    times, peaks = [], []
+    times = []
     for _ in range(repeats):
         gc.collect()
-        base = _status_kib("VmRSS")
-        tracked = base is not None and _reset_peak()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-        if tracked:
-            peak = _status_kib("VmHWM")
-            if peak is not None:
-                peaks.append(max(peak - base, 0) / 1024.0)
-    return statistics.median(times), (max(peaks) if peaks else None)
+    return statistics.median(times), None
+
+
+def peak_memory(fn: Callable[[], object]) -> float | None:
+    """Growth of the resident set during ``fn()`` in MiB (meaningful in a probe process, see below)."""
+    gc.collect()
+    base = _status_kib("VmRSS")
+    if base is None or not _reset_peak():
+        return None
+    fn()
+    peak = _status_kib("VmHWM")
+    return None if peak is None else max(peak - base, 0) / 1024.0
+
+
+def memory_probe(n: int, p: int, losses: tuple[str, ...], loop_limits: dict[str, int | None]) -> dict:
+    """Peak memory of every method for one size, measured in a fresh process.
+
+    The probe runs with ``MALLOC_MMAP_THRESHOLD_`` small, so every tensor is its own mapping and
+    is returned to the system when freed: the resident set then follows the live memory.
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    payload = json.dumps({"n": n, "p": p, "losses": list(losses), "loop_limits": loop_limits})
+    done = subprocess.run([sys.executable, "-m", "benchmarks.losses", "--memory-probe", payload],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        print(f"memory probe failed for N={n} P={p}: {done.stderr[-500:]}", file=sys.stderr)
+        return {}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _run_memory_probe(payload: str) -> None:
+    spec = json.loads(payload)
+    batch = make_batch(spec["n"], spec["p"])
+    calls = {"focal": focal_call(batch)}
+    for name in spec["losses"]:
+        calls[f"fast:{name}"] = fast_call(name, batch)
+        if name in spec["loop_limits"]:
+            calls[f"loop:{name}"] = loop_call(name, batch, spec["loop_limits"][name])
+    results = {}
+    for key, fn in calls.items():
+        fn()  # warm-up (imports, caches)
+        results[key] = peak_memory(fn)
+    print(json.dumps(results))
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -160,46 +199,59 @@ def focal_call(b: dict[str, torch.Tensor]) -> Callable[[], None]:
 
 
 def measure_loop(name: str, b: dict[str, torch.Tensor], p: int, repeats: int) -> dict:
-    """Time the released form in full when affordable, otherwise extrapolate from two limits."""
-    k1, k2 = min(p, 2), min(p, 6)
-    t1, m1 = measure(loop_call(name, b, k1), 1)
+    """Time the released form in full when affordable, otherwise extrapolate from two limits.
+
+    Returns seconds, whether they are an estimate, and the limit to probe memory with (``None``:
+    the full loop; for the dense Parameterized AP form the memory of ``k`` columns is scaled to P).
+    """
+    k1, k2 = min(p, 2), min(p, 12)
+    t1, _ = measure(loop_call(name, b, k1), 2)
     if k1 == p:
-        return {"seconds": t1, "peak_mib": m1, "estimated": False, "iterations": p}
-    t2, m2 = measure(loop_call(name, b, k2), 1)
+        return {"seconds": t1, "estimated": False, "iterations": p, "limit": None}
+    t2, _ = measure(loop_call(name, b, k2), 2)
     slope = max((t2 - t1) / (k2 - k1), 0.0)
     estimate = t1 + slope * (p - k1)
     if estimate <= LOOP_BUDGET_S or k2 == p:
-        seconds, peak = measure(loop_call(name, b, None), max(1, repeats // 2))
-        return {"seconds": seconds, "peak_mib": peak, "estimated": False, "iterations": p}
-    peak = m2
-    if name == "pap" and m1 is not None and m2 is not None:  # the dense matrix grows with P
-        peak = m1 + (m2 - m1) / (k2 - k1) * (p - k1)
-    return {"seconds": estimate, "peak_mib": peak, "estimated": True, "iterations": k2}
+        seconds, _ = measure(loop_call(name, b, None), max(1, repeats // 2))
+        return {"seconds": seconds, "estimated": False, "iterations": p, "limit": None}
+    return {"seconds": estimate, "estimated": True, "iterations": k2, "limit": k2}
 
 
 # ---------------------------------------------------------------------------------------- driver
-def run(sizes: str, losses: tuple[str, ...], repeats: int, include_loop: bool) -> dict:
+def run(sizes: str, losses: tuple[str, ...], base_repeats: int, include_loop: bool) -> dict:
     ns, ps = SIZES[sizes]
     records = []
     for n in ns:
         for p in ps:
             batch = make_batch(n, p)
-            focal_s, focal_mib = measure(focal_call(batch), repeats)
+            repeats = base_repeats if n > 1_000_000 else max(base_repeats, 7)
+            focal_s, _ = measure(focal_call(batch), repeats)
+            size_records, limits = [], {}
             for name in losses:
-                fast_s, fast_mib = measure(fast_call(name, batch), repeats)
-                record = {
-                    "loss": name, "N": n, "P": p,
-                    "focal_s": focal_s, "focal_peak_mib": focal_mib,
-                    "fast_s": fast_s, "fast_peak_mib": fast_mib,
-                    "fast_over_focal": fast_s / focal_s,
-                }
+                fast_s, _ = measure(fast_call(name, batch), repeats)
+                record = {"loss": name, "N": n, "P": p, "focal_s": focal_s, "fast_s": fast_s,
+                          "fast_over_focal": fast_s / focal_s}
                 if include_loop:
                     loop = measure_loop(name, batch, p, repeats)
+                    limits[name] = loop["limit"]
                     record.update({
-                        "loop_s": loop["seconds"], "loop_peak_mib": loop["peak_mib"],
-                        "loop_estimated": loop["estimated"], "loop_iterations_timed": loop["iterations"],
+                        "loop_s": loop["seconds"], "loop_estimated": loop["estimated"],
+                        "loop_iterations_timed": loop["iterations"],
                         "speedup_vs_loop": loop["seconds"] / fast_s,
                     })
+                size_records.append(record)
+            memory = memory_probe(n, p, losses, limits)
+            for record in size_records:
+                name = record["loss"]
+                record["focal_peak_mib"] = memory.get("focal")
+                record["fast_peak_mib"] = memory.get(f"fast:{name}")
+                if include_loop:
+                    loop_mib = memory.get(f"loop:{name}")
+                    limit = limits.get(name)
+                    if loop_mib is not None and limit is not None and name == "pap":
+                        loop_mib = loop_mib * p / limit  # the dense |S| x P matrix grows with P
+                    record["loop_peak_mib"] = loop_mib
+                    record["loop_memory_estimated"] = limit is not None and name == "pap"
                 records.append(record)
                 print(_row(record), flush=True)
             del batch
@@ -236,10 +288,13 @@ HEADER = ("| loss | N | P | focal ms | fast ms | fast / focal | loop ms | loop /
 
 def _row(r: dict) -> str:
     loop_ms = _fmt_ms(r.get("loop_s"), r.get("loop_estimated", False))
+    loop_mib = _fmt_mib(r.get("loop_peak_mib"))
+    if r.get("loop_memory_estimated") and loop_mib != "-":
+        loop_mib = "~" + loop_mib
     speed = f"{r['speedup_vs_loop']:,.0f}x" if "speedup_vs_loop" in r else "-"
     return (f"| {r['loss']} | {r['N']:,} | {r['P']:,} | {_fmt_ms(r['focal_s'])} | {_fmt_ms(r['fast_s'])} "
-            f"| {r['fast_over_focal']:.2f} | {loop_ms} | {speed} | {_fmt_mib(r['focal_peak_mib'])} "
-            f"| {_fmt_mib(r['fast_peak_mib'])} | {_fmt_mib(r.get('loop_peak_mib'))} |")
+            f"| {r['fast_over_focal']:.2f} | {loop_ms} | {speed} | {_fmt_mib(r.get('focal_peak_mib'))} "
+            f"| {_fmt_mib(r.get('fast_peak_mib'))} | {loop_mib} |")
 
 
 def to_markdown(result: dict) -> str:
@@ -257,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-loop", action="store_true", help="skip the released loop form")
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_probe:
+        _run_memory_probe(args.memory_probe)
+        return 0
     losses = tuple(s.strip() for s in args.losses.split(",") if s.strip())
     unknown = set(losses) - set(LOSSES)
     if unknown:

@@ -13,8 +13,8 @@ level of a binary tree over that order (``O(log P)`` blocks). For every level th
 sorted by (block, score) once, with prefix sums of the weighted moments; each query then reads
 its block's window sums with a few binary searches on integer keys (scores replaced by their
 exact rank among all scores and window edges, so ties are honoured bit for bit).
-Total ``O(P log^2 P)`` time and ``O(P)`` memory per level, with a loop over the ``log P`` levels
-only (a merge-sort tree evaluated level by level). Below ``DENSE_MAX_POSITIVES`` positives the
+Total ``O(P log^2 P)`` time and ``O(P log P)`` memory, all levels of the tree (a merge-sort
+tree) evaluated together in one sort and one batch of binary searches. Below ``DENSE_MAX_POSITIVES`` positives the
 ``P x P`` pairs are evaluated directly instead, which is faster at that size.
 """
 
@@ -34,10 +34,9 @@ DENSE_MAX_POSITIVES = 384
 
 
 def _block_bounds(
-    keys_sorted: Tensor, node: Tensor, edge_ranks: Tensor, scale: int, closed_right: bool
+    keys_sorted: Tensor, base: Tensor, edge_ranks: Tensor, scale: int, closed_right: bool
 ) -> Tensor:
-    """``(Q, R + 1)`` positions delimiting each query's regions inside its block ``node``."""
-    base = node * scale
+    """``(Q, R + 1)`` positions delimiting each query's regions inside the block whose keys start at ``base``."""
     lo = torch.searchsorted(keys_sorted, base)
     hi = torch.searchsorted(keys_sorted, base + scale)
     # "at or above edge e": s > e (left-closed) or s >= e (right-closed)
@@ -98,41 +97,41 @@ def ordered_window_sums(
 
     levels = max(1, (num_points - 1).bit_length()) if num_points > 1 else 0
     positions = point_positions.to(torch.int64)
-    for level in range(levels + 1):
-        block = positions >> level
-        keys = block * scale + point_ranks
-        keys_sorted, order = torch.sort(keys)
-        prefix_sums = []
-        for terms in moment_terms:
-            sums = []
-            for term in terms:
-                ordered = term[order]
-                sums.append(torch.cat([ordered.new_zeros(1), ordered.cumsum(0)]))
-            prefix_sums.append(sums)
-        for name, limit in modes:
-            limit = limit.to(torch.int64)
-            if name == "suffix":
-                if level < levels:
-                    node = (limit + (1 << level) - 1) >> level
-                    include = (node & 1) == 1
-                else:
-                    node = torch.zeros_like(limit)
-                    include = limit == 0
-            else:
-                if level < levels:
-                    include = ((limit >> level) & 1) == 1
-                    node = (limit >> level) - 1
-                else:
-                    node = torch.zeros_like(limit)
-                    include = limit >= (1 << levels)
-            chosen = include.nonzero().squeeze(1)
-            if chosen.numel() == 0:
-                continue
-            bounds = _block_bounds(keys_sorted, node[chosen], edge_ranks[chosen], scale, kernel.closed_right)
-            upper, lower = bounds[:, 1:], bounds[:, :-1]
-            for index, sums in enumerate(prefix_sums):
-                moments = [p[upper] - p[lower] for p in sums]
-                out[name][index].index_add_(0, chosen, combine_region_moments(moments, q_centred[chosen], kernel))
+    # Every level of the tree at once: key = (level, block, score rank), sorted once.
+    level_ids = torch.arange(levels + 1, device=device)
+    level_span = ((num_points >> 0) + 1) * scale  # > any block * scale + rank within a level
+    blocks = positions[None, :] >> level_ids[:, None]  # (levels + 1, M)
+    keys = level_ids[:, None] * level_span + blocks * scale + point_ranks[None, :]
+    keys_sorted, order = torch.sort(keys.reshape(-1))
+    point_of = order % num_points
+    prefix_sums = []
+    for terms in moment_terms:
+        sums = []
+        for term in terms:
+            ordered = term[point_of]
+            sums.append(torch.cat([ordered.new_zeros(1), ordered.cumsum(0)]))
+        prefix_sums.append(sums)
+    query_ids = torch.arange(q.numel(), device=device)
+    for name, limit in modes:
+        limit = limit.to(torch.int64)
+        shift = level_ids[:, None]  # (levels + 1, 1)
+        inner = level_ids[:, None] < levels
+        if name == "suffix":
+            node = torch.where(inner, (limit[None, :] + (1 << shift) - 1) >> shift, 0)
+            include = torch.where(inner, (node & 1) == 1, limit[None, :] == 0)
+        else:
+            node = torch.where(inner, (limit[None, :] >> shift) - 1, 0)
+            include = torch.where(inner, ((limit[None, :] >> shift) & 1) == 1, limit[None, :] >= (1 << levels))
+        level_of, query_of = include.nonzero(as_tuple=True)
+        if query_of.numel() == 0:
+            continue
+        base = level_of * level_span + node[level_of, query_of] * scale
+        bounds = _block_bounds(keys_sorted, base, edge_ranks[query_of], scale, kernel.closed_right)
+        upper, lower = bounds[:, 1:], bounds[:, :-1]
+        for index, sums in enumerate(prefix_sums):
+            moments = [p[upper] - p[lower] for p in sums]
+            sums_here = combine_region_moments(moments, q_centred[query_of], kernel)
+            out[name][index].index_add_(0, query_ids[query_of], sums_here)
     return out
 
 

@@ -47,9 +47,10 @@ _GRID_MIN_POINTS = 32_768
 _GRID_CELLS_PER_EDGE = 32
 _GRID_MIN_CELLS = 4_096
 _GRID_MAX_CELLS = 1 << 21
+_GRID_POINTS_PER_EDGE = 8
 # Points per block of a moment sum (exact counts in float32; small rounding for the deviations).
 _BLOCK = 1 << 12
-_MAX_BLOCK_TABLE = 1 << 20
+_MAX_BLOCK_TABLE = 1 << 18
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -196,7 +197,9 @@ class SortedWindows:
     def bucketize(self, points: Tensor) -> Tensor:
         """Number of edges below each point (``<`` or ``<=`` per convention), int64 in ``[0, L]``."""
         points = points.to(self.edges.dtype)
-        grid = self._grid_tables() if points.numel() >= _GRID_MIN_POINTS else None
+        # The grid pays off with many points per edge; its tables cost O(cells).
+        many = points.numel() >= max(_GRID_MIN_POINTS, _GRID_POINTS_PER_EDGE * self.num_edges)
+        grid = self._grid_tables(points.numel()) if many else None
         if grid is None:
             return torch.searchsorted(self.edges, points, right=self.closed_right)
         scale, shift, base, num_cells = grid
@@ -215,12 +218,13 @@ class SortedWindows:
         # an edge in a higher cell above it.
         return values.mul(scale).add_(shift).clamp_(0.0, float(num_cells - 1)).long()
 
-    def _grid_tables(self) -> tuple[float, float, Tensor, int] | None:
+    def _grid_tables(self, num_points: int) -> tuple[float, float, Tensor, int] | None:
         if self._grid is not False:
             return self._grid  # type: ignore[return-value]
         lo = float(self.edges[0])
         hi = float(self.edges[-1])
-        inner = int(min(max(_GRID_CELLS_PER_EDGE * self.num_edges, _GRID_MIN_CELLS), _GRID_MAX_CELLS))
+        inner = int(min(max(_GRID_CELLS_PER_EDGE * self.num_edges, _GRID_MIN_CELLS), _GRID_MAX_CELLS,
+                        max(_GRID_MIN_CELLS, num_points // 4)))
         span = hi - lo
         scale = inner / span if span > 0.0 else 1.0
         margin = 1  # cell 0: below lo; then the edge range; the last cells: above hi
