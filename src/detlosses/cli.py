@@ -92,6 +92,7 @@ def _run(job) -> Any:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("detlosses").setLevel(logging.INFO)
+    logging.getLogger("detlosses.search").setLevel(logging.INFO)
     quiet_lightning()
     try:
         return job()
@@ -217,6 +218,59 @@ def compare(
         report = Path(run["run_dir"]) / "report.md"
         if report.exists():
             typer.echo(f"report ({run['loss']}, seed {run['seed']}): {report}")
+
+
+@app.command()
+def search(
+    data: DataOpt = None,
+    rounds: Annotated[int, typer.Option(help="Search rounds (released: 40).")] = 40,
+    samples_per_round: Annotated[int, typer.Option(help="Samples per round (released: 8).")] = 8,
+    budget: Annotated[int, typer.Option(help="Training iterations of each sample's proxy run.")] = 200,
+    sampler: Annotated[str, typer.Option(help="ppo (the paper's) | tpe | cmaes (Optuna's, for comparison).")] = "ppo",
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or journal:<file>; "
+                          "default sqlite:///<out>/study.db. Workers on other machines can join the same study."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes on this machine.")] = 1,
+    study_name: Annotated[str, typer.Option(help="Study name inside the storage.")] = "pap-search",
+    val_fraction: Annotated[float, typer.Option(help="Share of the training split held out as search-val.")] = 0.2,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    model: ModelOpt = None,
+    backbone: BackboneOpt = None,
+    pretrained_backbone: PretrainedOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    batch_size: BatchOpt = None,
+    image_size: SizeOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Search the Parameterized AP Loss functions (PPO on Optuna storage); writes best_params.json.
+
+    Resumable: run the same command again after an interruption and it continues.
+    """
+    from .search import SAMPLERS, SearchConfig, run_search
+
+    if sampler not in SAMPLERS:
+        _fail(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+
+    def job():
+        base = _build_config(config, set_, data=data, model=model, backbone=backbone,
+                             pretrained_backbone=pretrained_backbone, batch_size=batch_size, image_size=image_size,
+                             lr=lr, seed=seed)
+        _seed_weights(weights_dir)
+        search_config = SearchConfig(
+            base=base, out=str(out or Path("runs/search")), rounds=rounds, samples_per_round=samples_per_round,
+            budget=budget, sampler=sampler, storage=storage, study_name=study_name, workers=workers,
+            seed=base.seed, val_fraction=val_fraction,
+        )
+        return run_search(search_config)
+
+    result = _run(job)
+    typer.echo((result.out / "search.md").read_text())
+    typer.echo(f"params file: {result.best_params}  (detlosses train --loss pap --pap-params {result.best_params})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,10 @@ class TrainConfig:
     """Everything a training run depends on (saved as ``config.yaml`` in the run directory).
 
     Data: ``data`` is a spec (``synthetic``, ``coco:<ann.json>:<images>``, ``voc:<root>``,
-    ``yolo:<data.yaml>``); ``train_split`` / ``val_split`` choose the splits.
+    ``yolo:<data.yaml>``); ``train_split`` / ``val_split`` choose the splits, or ``search_split``
+    (a JSON file with ``train_ids`` and ``val_ids``) divides ``train_split`` in two (the search's
+    proxy task). ``max_steps`` ends training after that many iterations (a search budget);
+    ``abort_on_divergence`` stops a run whose loss is NaN or stuck at 1.0 (the search's rule).
     Schedule: SGD with linear warm-up over ``warmup_iters`` iterations from
     ``lr * warmup_ratio``, then ``lr`` divided by 10 at each epoch in ``lr_steps`` (default: at
     75 % and 90 % of the epochs), gradient-norm clipping at ``gradient_clip``.
@@ -32,6 +35,7 @@ class TrainConfig:
     data: str = "synthetic"
     train_split: str = "train"
     val_split: str = "val"
+    search_split: str | None = None
     model: str = "retinanet"
     backbone: str = "mobilenet_v2"
     pretrained_backbone: bool = False
@@ -43,6 +47,7 @@ class TrainConfig:
     loss_options: dict[str, Any] = field(default_factory=dict)
     pap_params: str | None = None
     epochs: int = 12
+    max_steps: int | None = None
     batch_size: int = 8
     image_size: int = 128
     ssd_crop: bool = False
@@ -66,6 +71,7 @@ class TrainConfig:
     log_every: int = 10
     progress_bar: bool = True
     score_thresh: float = 0.05
+    abort_on_divergence: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +91,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.max_steps is not None and int(self.max_steps) < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.search_split is not None and not Path(self.search_split).is_file():
+            raise ValueError(f"search_split file {self.search_split} does not exist")
         if self.pap_params is not None and not Path(self.pap_params).is_file():
             raise ValueError(f"pap_params file {self.pap_params} does not exist")
         if not isinstance(self.loss_options, dict):

@@ -9,7 +9,9 @@ data-parallel training each rank takes its own share of that permutation.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -81,6 +83,9 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         cfg = self.config
+        if cfg.search_split is not None:
+            self._setup_search_split()
+            return
         if self.val_set is None:
             self.val_set = parse_data_spec(cfg.data, cfg.val_split).with_transform(
                 build_transforms(False, cfg.image_size)
@@ -89,6 +94,23 @@ class DetectionDataModule(pl.LightningDataModule):
             self.train_set = parse_data_spec(cfg.data, cfg.train_split).with_transform(
                 build_transforms(True, cfg.image_size, ssd_crop=cfg.ssd_crop)
             )
+
+    def _setup_search_split(self) -> None:
+        if self.train_set is not None and self.val_set is not None:
+            return
+        cfg = self.config
+        split = json.loads(Path(cfg.search_split).read_text())
+        base = parse_data_spec(cfg.data, cfg.train_split)
+        position = {base.record(i).image_id: i for i in range(len(base))}
+        try:
+            train_idx = [position[i] for i in split["train_ids"]]
+            val_idx = [position[i] for i in split["val_ids"]]
+        except KeyError as err:
+            raise ValueError(f"search split {cfg.search_split} names image id {err} that {cfg.data} lacks") from None
+        self.train_set = base.subset(train_idx).with_transform(
+            build_transforms(True, cfg.image_size, ssd_crop=cfg.ssd_crop)
+        )
+        self.val_set = base.subset(val_idx).with_transform(build_transforms(False, cfg.image_size))
 
     @property
     def classes(self) -> list[str]:

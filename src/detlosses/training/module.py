@@ -62,6 +62,8 @@ class DetectionModule(pl.LightningModule):
         self.last_details = None
         self.val_ground_truth: dict[str, Any] | None = None
         self.run_dir: str | None = None
+        self.diverged = False
+        self._stuck_iterations = 0
 
     # ------------------------------------------------------------------ training
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -71,6 +73,10 @@ class DetectionModule(pl.LightningModule):
         images, targets = batch
         losses = self.detector(list(images), plain_targets(targets))
         loss = losses["loss"]
+        if self.config.abort_on_divergence and self._diverging(loss):
+            self.diverged = True
+            self.trainer.should_stop = True
+            return None  # no optimiser step
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss {float(loss)} at step {self.global_step} "
@@ -83,6 +89,14 @@ class DetectionModule(pl.LightningModule):
         for name, value in self.criterion.extra_logs().items():
             self.log(f"train/{name}", float(value), on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
+
+    def _diverging(self, loss: Tensor) -> bool:
+        """The search's abort rule: a NaN loss, or a loss at 1.0 for more than 50 iterations."""
+        if not torch.isfinite(loss):
+            return True
+        if abs(float(loss.detach()) - 1.0) < 1e-6:
+            self._stuck_iterations += 1
+        return self._stuck_iterations > 50
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.criterion.epoch_end().items():
@@ -98,7 +112,11 @@ class DetectionModule(pl.LightningModule):
         cfg = self.config
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        steps_per_epoch = max(1, math.ceil(self.trainer.estimated_stepping_batches / max(self.trainer.max_epochs, 1)))
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            steps_per_epoch = math.ceil(self.trainer.estimated_stepping_batches / self.trainer.max_epochs)
+        else:  # a step budget: epochs as the data loader counts them
+            steps_per_epoch = len(self.trainer.datamodule.train_dataloader())
+        steps_per_epoch = max(1, steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
         )

@@ -72,7 +72,8 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, timer: Iterat
         loggers = [CSVLogger(run_dir, name="", version=""),
                    TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
     return pl.Trainer(
-        max_epochs=config.epochs,
+        max_epochs=config.epochs if config.max_steps is None else -1,
+        max_steps=-1 if config.max_steps is None else config.max_steps,
         accelerator=config.accelerator,
         devices=config.devices,
         strategy=config.strategy,
@@ -161,6 +162,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     metrics = dict(module.last_metrics or {})
     metrics["seconds_per_iteration"] = timer.seconds_per_iteration
     metrics["loss"] = config.loss
+    metrics["diverged"] = bool(module.diverged)
     metrics["run"] = {
         "loss": config.loss, "model": config.model, "backbone": config.backbone, "data": config.data,
         "epochs": config.epochs, "batch_size": config.batch_size, "image_size": config.image_size,
