@@ -66,6 +66,8 @@ def run_losses(logits, targets, ious, jitter, errors, distributed):
     out["ghmc"] = grads(lambda x: ghmc(x.reshape(-1, 3), targets.clamp(min=0).reshape(-1, 3).double(),
                                        valid.reshape(-1, 3)), logits)
     out["ghmc_ema"] = ([float(v) for v in ghmc.ema], [])
+    out["iou_focal"] = grads(  # a plain sum: each rank returns its share, with the union's normaliser
+        lambda x: detlosses.iou_balanced_focal_loss(x, targets, ious, distributed=distributed), logits)
     ghmr = detlosses.GHMR(distributed=distributed)
     out["ghmr"] = grads(lambda x: ghmr(x.reshape(-1, 3), ious.reshape(-1, 3)), logits)
     return out
@@ -122,3 +124,13 @@ def test_two_ranks_equal_one_process_on_the_union(name, two_rank_results, single
 def test_ghm_histogram_state_is_the_union_state(two_rank_results, single_results):
     for result in two_rank_results:
         assert result["ghmc_ema"][0] == pytest.approx(single_results["ghmc_ema"][0], rel=1e-12)
+
+
+def test_iou_balanced_focal_uses_the_union_normaliser(two_rank_results, single_results):
+    values, grads = single_results["iou_focal"]
+    per = make_batch()[0].shape[0] // WORLD
+    total = sum(result["iou_focal"][0][0] for result in two_rank_results)
+    assert total == pytest.approx(values[0], rel=1e-9)
+    for rank, result in enumerate(two_rank_results):
+        torch.testing.assert_close(result["iou_focal"][1][0], grads[0][rank * per:(rank + 1) * per],
+                                   rtol=1e-7, atol=1e-13)

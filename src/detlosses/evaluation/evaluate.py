@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from detlosses._atomic import atomic_write_text
 from detlosses.evaluation.coco import COCO_SUMMARY_KEYS, coco_ap
 from detlosses.evaluation.inputs import DetectionArrays, DetectionsLike, parse_detections, parse_ground_truth
 from detlosses.evaluation.lrp import LRPResult, optimal_lrp
@@ -175,21 +175,4 @@ def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike[str])
     NaN and infinities are written as ``null``; numpy values become plain JSON. Parent folders are
     created. Returns the path written.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; metrics are meant to be shared
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
+    return atomic_write_text(path, json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n")

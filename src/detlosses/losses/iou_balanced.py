@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
+from ..ranking.distributed import resolve_context
 from ._precision import full_precision
 from ._reduction import check_reduction, weight_reduce_loss
 from ._validation import check_finite, check_same_shape, check_tensor, check_unit_interval
@@ -56,6 +57,7 @@ def iou_balanced_focal_loss(
     reduction: str = "sum",
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
+    distributed: bool | None = None,
 ) -> Tensor:
     """IoU-balanced sigmoid focal loss.
 
@@ -68,6 +70,8 @@ def iou_balanced_focal_loss(
         alpha, gamma: focal-loss parameters.
         reduction: ``"sum"`` (default), ``"mean"`` or ``"none"``; ``avg_factor`` divides the sum.
         weight: optional element weights (multiplied in, e.g. to drop elements).
+        distributed: compute the normaliser ``Z`` over every data-parallel rank (default: whenever
+            ``torch.distributed`` is initialised with several ranks).
     """
     logits = check_tensor(logits, "logits", floating=True)
     targets = check_tensor(targets, "targets")
@@ -86,7 +90,10 @@ def iou_balanced_focal_loss(
     focal = sigmoid_focal_loss(logits.to(compute_dtype), t, alpha=alpha, gamma=gamma, reduction="none")
     with torch.no_grad():
         iou_weight = torch.where(positive, ious.to(compute_dtype).clamp(0.0, 1.0) ** eta, 0.0)
-        normaliser = _safe_ratio(torch.where(positive, focal, 0.0).sum(), (focal * iou_weight).sum())
+        context = resolve_context(distributed)
+        sums = context.all_reduce_sum(torch.stack([torch.where(positive, focal, 0.0).sum(),
+                                                   (focal * iou_weight).sum()]).to(torch.float64))
+        normaliser = _safe_ratio(sums[0], sums[1]).to(compute_dtype)
         element_weight = torch.where(positive, iou_weight * normaliser, 1.0)
         element_weight = torch.where(ignored, 0.0, element_weight)
         if weight is not None:
@@ -106,6 +113,7 @@ def iou_balanced_smooth_l1_loss(
     reduction: str = "sum",
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
+    distributed: bool | None = None,
 ) -> Tensor:
     """IoU-balanced smooth-L1 loss on box deltas.
 
@@ -116,6 +124,8 @@ def iou_balanced_smooth_l1_loss(
         beta: smooth-L1 transition point.
         normalize: rescale the weights so the total equals plain smooth-L1 (the paper's form).
         reduction, weight, avg_factor: as in mmdetection.
+        distributed: compute the normaliser over every data-parallel rank (default: whenever
+            ``torch.distributed`` is initialised with several ranks).
     """
     pred = check_tensor(pred, "pred", floating=True)
     target = check_tensor(target, "target", floating=True)
@@ -132,7 +142,10 @@ def iou_balanced_smooth_l1_loss(
             element_weight = element_weight * weight.to(compute_dtype)
         if normalize:
             base = loss if weight is None else loss * weight.to(compute_dtype)
-            element_weight = element_weight * _safe_ratio(base.sum(), (loss * element_weight).sum())
+            sums = resolve_context(distributed).all_reduce_sum(
+                torch.stack([base.sum(), (loss * element_weight).sum()]).to(torch.float64)
+            )
+            element_weight = element_weight * _safe_ratio(sums[0], sums[1]).to(compute_dtype)
     return weight_reduce_loss(loss, element_weight, reduction, avg_factor)
 
 

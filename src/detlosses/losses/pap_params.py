@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .._atomic import atomic_write_json
 
 __all__ = [
     "FUNCTION_ORDER",
@@ -191,14 +192,7 @@ def save_pap_params(params: PAPParams, path: str | os.PathLike) -> Path:
         "reg_weight": float(params.reg_weight),
         "metadata": dict(params.metadata),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(payload, path)
 
 
 def load_pap_params(path: str | os.PathLike) -> PAPParams:

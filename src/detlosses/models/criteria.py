@@ -18,7 +18,8 @@ name                    classification + localisation
 ``iou_balanced``        IoU-balanced focal + IoU-balanced smooth-L1 (Wu et al., 2019)
 ======================  ===================================================================
 
-All normalisations use the number of positives of the whole batch.
+All normalisations use the number of positives of the whole batch — under data parallelism, of
+every rank's batch (so every component, and Rank & Sort's self-balance weight, is the union's).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ..losses import (
     load_pap_params,
     rank_sort_loss,
 )
+from ..ranking.distributed import resolve_context, union_sum
 from .assignment import DenseAssignment
 
 __all__ = ["DetectionCriterion", "CRITERIA", "build_criterion", "LOSS_NAMES"]
@@ -62,8 +64,15 @@ class DetectionCriterion(nn.Module):
         return {}
 
 
-def _normaliser(batch: DenseAssignment) -> float:
-    return float(max(1, batch.num_positives))
+def _positive_mean(local_sum: Tensor, batch: DenseAssignment) -> Tensor:
+    """A sum over the positives of the whole batch divided by their number.
+
+    Under data parallelism both are the union's (the sum's gradient is scaled for DDP's averaging),
+    so every rank normalises by the global number of positives.
+    """
+    context = resolve_context()
+    count = float(context.all_reduce_sum(torch.tensor(float(batch.num_positives), dtype=torch.float64)))
+    return union_sum(local_sum, context) / max(1.0, count)
 
 
 def _check_box_loss(box_loss: str) -> str:
@@ -89,16 +98,16 @@ class FocalCriterion(DetectionCriterion):
         self.alpha, self.gamma, self.box_loss = float(alpha), float(gamma), _check_box_loss(box_loss)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
-        norm = _normaliser(batch)
         valid = batch.valid_mask
         targets = batch.class_targets(batch.cls_logits.dtype)
-        cls = sigmoid_focal_loss(
+        cls = _positive_mean(sigmoid_focal_loss(
             batch.cls_logits[valid], targets[valid], alpha=self.alpha, gamma=self.gamma, reduction="sum"
-        ) / norm
+        ), batch)
         if _delta_box_loss(self.box_loss, batch):
-            box = F.l1_loss(batch.positive_deltas, batch.positive_target_deltas(), reduction="sum") / norm
+            box = _positive_mean(F.l1_loss(batch.positive_deltas, batch.positive_target_deltas(), reduction="sum"),
+                                 batch)
         else:
-            box = batch.positive_giou_loss().sum() / norm
+            box = _positive_mean(batch.positive_giou_loss().sum(), batch)
         return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
 
 
@@ -117,11 +126,11 @@ class APCriterion(DetectionCriterion):
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         cls = ap_loss(batch.cls_logits, batch.class_targets(), delta=self.delta, interpolate=self.interpolate)
         if _delta_box_loss(self.box_loss, batch):
-            box = F.smooth_l1_loss(
+            box = _positive_mean(F.smooth_l1_loss(
                 batch.positive_deltas, batch.positive_target_deltas(), beta=self.box_beta, reduction="sum"
-            ) / _normaliser(batch)
+            ), batch)
         else:
-            box = batch.positive_giou_loss().sum() / _normaliser(batch)
+            box = _positive_mean(batch.positive_giou_loss().sum(), batch)
         return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
 
 
@@ -163,11 +172,13 @@ class RankSortCriterion(DetectionCriterion):
         targets = torch.where(targets == 1, batch.scatter_to_classes(ious.float()), targets)
         ranking, sorting = rank_sort_loss(batch.cls_logits, targets, delta=self.delta)
         giou = batch.positive_giou_loss(pred_boxes)
+        context = resolve_context()
         with torch.no_grad():
             scores = batch.cls_logits.detach().reshape(-1, batch.num_classes)[batch.positive_index]
             weights = torch.sigmoid(scores.float()).max(dim=1).values.to(giou.dtype)
-            total_weight = float(weights.sum())
-        box = (weights * giou).sum() / (total_weight if total_weight > 1e-10 else 1.0)
+            total_weight = float(context.all_reduce_sum(weights.sum().to(torch.float64)))
+        # over the positives of every rank; so the self-balance weight below is the same on every rank
+        box = union_sum((weights * giou).sum(), context) / (total_weight if total_weight > 1e-10 else 1.0)
         box_value = float(box.detach())
         balance = float((ranking + sorting).detach()) / box_value if box_value > 0 else 0.0
         self.last_weight = balance
@@ -267,19 +278,18 @@ class IoUBalancedCriterion(DetectionCriterion):
         self.eta, self.lam, self.beta, self.alpha, self.gamma = map(float, (eta, lam, beta, alpha, gamma))
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
-        norm = _normaliser(batch)
         ious = batch.positive_ious()
         per_anchor = torch.zeros(batch.labels.shape, dtype=batch.cls_logits.dtype, device=ious.device)
         per_anchor.view(-1)[batch.positive_index] = ious.to(per_anchor.dtype)
-        cls = iou_balanced_focal_loss(
+        cls = _positive_mean(iou_balanced_focal_loss(
             batch.cls_logits, batch.class_targets(batch.cls_logits.dtype), per_anchor,
             eta=self.eta, alpha=self.alpha, gamma=self.gamma,
-        ) / norm
+        ), batch)
         deltas = batch.positive_deltas
-        box = iou_balanced_smooth_l1_loss(
+        box = _positive_mean(iou_balanced_smooth_l1_loss(
             deltas, batch.positive_target_deltas().to(deltas.dtype), ious.to(deltas.dtype).clamp(0, 1),
             lam=self.lam, beta=self.beta,
-        ) / norm
+        ), batch)
         return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
 
 

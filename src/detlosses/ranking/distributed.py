@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "COMMUNICATION",
     "DistributedContext",
     "resolve_context",
     "union_sum",
@@ -32,6 +33,16 @@ __all__ = [
     "gather_with_grad",
     "attach_local",
 ]
+
+
+# Bytes this process has sent (its contribution to each collective) and received, for measuring.
+COMMUNICATION = {"sent": 0, "received": 0, "collectives": 0}
+
+
+def _count(sent: int, received: int) -> None:
+    COMMUNICATION["sent"] += sent
+    COMMUNICATION["received"] += received
+    COMMUNICATION["collectives"] += 1
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class DistributedContext:
         device = self._device(tensor)
         work = tensor.detach().to(device).clone()
         dist.all_reduce(work, op=dist.ReduceOp.SUM, group=self.group)
+        size = work.numel() * work.element_size()
+        _count(size, size)
         return work.to(tensor.device)
 
     def gather_sizes(self, count: int, device: torch.device) -> list[int]:
@@ -80,6 +93,7 @@ class DistributedContext:
         local = torch.tensor([count], dtype=torch.int64, device=self._device(torch.empty(0, device=device)))
         sizes = [torch.zeros_like(local) for _ in range(self.world_size)]
         dist.all_gather(sizes, local, group=self.group)
+        _count(8, 8 * self.world_size)
         return [int(s) for s in sizes]
 
     def all_gather_variable(self, tensor: Tensor, sizes: list[int]) -> Tensor:
@@ -93,6 +107,8 @@ class DistributedContext:
         padded[: local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded.contiguous(), group=self.group)
+        size = padded.numel() * padded.element_size()
+        _count(size, size * self.world_size)
         return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).to(tensor.device)
 
     def offset(self, sizes: list[int]) -> int:
@@ -100,14 +116,17 @@ class DistributedContext:
         return sum(sizes[: self.rank])
 
 
-def resolve_context(distributed: bool | None = None, group: object = None,
+def resolve_context(distributed: bool | DistributedContext | None = None, group: object = None,
                     scale_for_average: bool = True) -> DistributedContext:
     """The context of one call.
 
     ``distributed=None`` (default) ranks globally whenever ``torch.distributed`` is initialised
     with more than one rank; ``False`` ranks each rank's share on its own (the released
-    behaviour); ``True`` requires an initialised process group.
+    behaviour); ``True`` requires an initialised process group; a :class:`DistributedContext`
+    (e.g. ``resolve_context(True, scale_for_average=False)``) is used as given.
     """
+    if isinstance(distributed, DistributedContext):
+        return distributed
     initialised = dist.is_available() and dist.is_initialized()
     if distributed is False or (distributed is None and not initialised):
         return DistributedContext()

@@ -14,12 +14,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._atomic import atomic_write_json
 from ..data import parse_data_spec
 from ..losses.pap_params import PAPParams
 from ..training import TrainConfig, train
@@ -48,12 +48,7 @@ def make_search_split(data: str, split: str, fraction: float, seed: int, path: s
         "data": data, "split": split, "seed": seed, "val_fraction": fraction,
         "train_ids": sorted(ids[i] for i in order[n_val:]), "val_ids": sorted(ids[i] for i in order[:n_val]),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(payload, path)
 
 
 def proxy_config(base: TrainConfig, params: PAPParams, split_file: str | os.PathLike, budget: int,

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,11 @@ class SearchResult:
     out: Path
     best_params: Path
     summary: dict[str, Any]
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def _storage(url: str):
@@ -189,8 +195,8 @@ def _report_rounds(study: optuna.Study, config: SearchConfig, printed: set[int])
 def worker_loop(config: SearchConfig, worker: int, report: bool) -> None:
     """Run trials on the shared study until the search is done."""
     quiet_lightning()
+    _quiet_optuna()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config, worker)
     split_file = Path(config.out) / "search_split.json"
     printed: set[int] = set()
@@ -216,6 +222,7 @@ def _spawned_worker(config: SearchConfig, worker: int) -> None:
 
 def run_search(config: SearchConfig) -> SearchResult:
     """Run (or continue) the search with ``config.workers`` processes; write the results."""
+    _quiet_optuna()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     make_search_split(config.base.data, config.base.train_split, config.val_fraction, config.seed,

@@ -1,28 +1,18 @@
-"""Lightning callbacks of a training run, and an atomic JSON writer."""
+"""Lightning callbacks of a training run, and the GHM gradient-norm log."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["IterationTimer", "write_json_atomic", "append_gradient_norms"]
+from .._atomic import atomic_write_json
 
-
-def write_json_atomic(payload: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
-    return path
+__all__ = ["IterationTimer", "append_gradient_norms"]
 
 
 class IterationTimer(pl.Callback):
@@ -79,4 +69,4 @@ def append_gradient_norms(path: str | os.PathLike, edges: list[float], epoch: in
     payload["epochs"] = [e for e in payload["epochs"] if e["epoch"] != epoch]
     payload["epochs"].append({"epoch": epoch, "counts": counts})
     payload["epochs"].sort(key=lambda e: e["epoch"])
-    return write_json_atomic(payload, path)
+    return atomic_write_json(payload, path)

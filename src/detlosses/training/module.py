@@ -14,10 +14,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .._atomic import atomic_write_json
 from ..data import label_to_category_id, rescale_boxes
 from ..evaluation import evaluate_detections, to_coco_detections
 from ..models import DetectorConfig, build_criterion, build_detector
-from .callbacks import append_gradient_norms, write_json_atomic
+from .callbacks import append_gradient_norms
 from .config import TrainConfig
 
 __all__ = ["DetectionModule", "plain_targets"]
@@ -137,7 +138,7 @@ class DetectionModule(pl.LightningModule):
         if self.trainer.is_global_zero and self.run_dir is not None:
             identical = len({r["state_sha256"] for r in records}) == 1 and len(
                 {json.dumps(r["loss_state"], sort_keys=True) for r in records}) == 1
-            write_json_atomic({"world_size": len(records), "identical": identical, "ranks": records},
+            atomic_write_json({"world_size": len(records), "identical": identical, "ranks": records},
                               Path(self.run_dir) / "distributed_check.json")
 
     # ------------------------------------------------------------------ validation
