@@ -26,7 +26,7 @@ demo: $(STAMP)
 		--out runs/demo $(PRETRAINED)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.losses --sizes full --json benchmarks/results/losses.json
+	$(PY) -m benchmarks.losses --sizes full --json benchmarks/results/losses.json --markdown benchmarks/results/losses.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
