@@ -44,7 +44,7 @@ def run_losses(logits, targets, ious, jitter, errors, distributed):
         values = fn(*leaves)
         total = sum(values) if isinstance(values, tuple) else values
         total.backward()
-        return ([float(v) for v in values] if isinstance(values, tuple) else [float(values)],
+        return ([float(v.detach()) for v in values] if isinstance(values, tuple) else [float(values.detach())],
                 [leaf.grad.clone() for leaf in leaves])
 
     out["ap"] = grads(lambda x: detlosses.ap_loss(x, targets, distributed=distributed), logits)
