@@ -14,10 +14,18 @@ per size in a fresh probe process: the growth of its resident set during one cal
 (``/proc/self/clear_refs`` + ``VmHWM``, Linux only) with glibc returning every freed tensor to the
 system; for the dense Parameterized AP form the memory of a few columns is scaled to ``P``.
 
+``--device cuda`` runs the whole benchmark on the GPU: the inputs are drawn on the CPU with the
+same generator (so the numbers are the CPU run's) and moved to the device, every timed call is
+bracketed by ``torch.cuda.synchronize()``, and peak memory is ``torch.cuda.max_memory_allocated()``
+above the memory allocated before the call (in this process; no probe process). The released
+loops stay the baselines, as on the CPU. ``--sizes gpu`` is the issue's GPU grid
+(N = 1e6 ... 1e8, P = 1000 / 4000). The default, ``--device cpu``, is the CPU benchmark as before.
+
 Usage::
 
     python -m benchmarks.losses --sizes small
     python -m benchmarks.losses --sizes full --json benchmarks/results/losses.json --markdown out.md
+    python -m benchmarks.losses --device cuda --sizes gpu --json benchmarks/results/losses_cuda.json
 """
 
 from __future__ import annotations
@@ -48,6 +56,11 @@ SIZES = {
     "small": ([100_000, 1_000_000], [10, 100, 1000]),
     "full": ([100_000, 1_000_000, 4_000_000, 16_000_000], [10, 100, 1000, 4000]),
 }
+# explicit (N, P) grids, run in this order (the GPU table of issue 9)
+SIZE_PAIRS = {
+    "gpu": [(1_000_000, 1000), (10_000_000, 1000), (10_000_000, 4000), (100_000_000, 4000)],
+}
+SIZE_CHOICES = tuple(SIZES) + tuple(SIZE_PAIRS)
 LOSSES = ("ap", "alrp", "rank_sort", "pap")
 LOOP_BUDGET_S = 10.0  # run the loop in full only if its estimate is below this
 
@@ -73,16 +86,45 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(fn: Callable[[], object], repeats: int) -> tuple[float, None]:
-    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up run)."""
+def _is_cuda(device: str | torch.device | None) -> bool:
+    return device is not None and torch.device(device).type == "cuda"
+
+
+def synchronize(device: str | torch.device | None) -> None:
+    """Wait for the device's queued work (no-op on the CPU)."""
+    if _is_cuda(device):
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], repeats: int, device: str | torch.device | None = None) -> tuple[float, None]:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up run).
+
+    On CUDA every run is bracketed by ``torch.cuda.synchronize``, so the time includes the
+    device's work, not only the host's launches.
+    """
     fn()  # warm-up
+    synchronize(device)
     times = []
     for _ in range(repeats):
         gc.collect()
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), None
+
+
+def cuda_peak_memory(fn: Callable[[], object], device: str | torch.device) -> float:
+    """Peak CUDA memory allocated during ``fn()`` above what was allocated before it, in MiB."""
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return max(torch.cuda.max_memory_allocated(device) - base, 0) / 2**20
 
 
 def peak_memory(fn: Callable[[], object]) -> float | None:
@@ -128,7 +170,11 @@ def _run_memory_probe(payload: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def make_batch(n: int, p: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(n: int, p: int, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Early-training logits and targets for ``n`` elements with ``p`` positives (1% ignored).
+
+    Drawn on the CPU (the same numbers for every device), then moved to ``device``.
+    """
     g = torch.Generator().manual_seed(seed)
     logits = PRIOR_LOGIT + 0.3 * torch.randn(n, generator=g)
     pos = torch.randperm(n, generator=g)[:p]
@@ -142,7 +188,10 @@ def make_batch(n: int, p: int, seed: int = 0) -> dict[str, torch.Tensor]:
     iou[pos] = 0.5 + 0.5 * torch.rand(p, generator=g)
     rs_targets = torch.where(targets == 1, iou, targets.float())
     loc_errors = torch.rand(p, generator=g)
-    return {"logits": logits, "targets": targets, "ious": iou, "rs_targets": rs_targets, "loc_errors": loc_errors}
+    batch = {"logits": logits, "targets": targets, "ious": iou, "rs_targets": rs_targets, "loc_errors": loc_errors}
+    if torch.device(device).type != "cpu":
+        batch = {k: v.to(device) for k, v in batch.items()}
+    return batch
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -169,7 +218,7 @@ def fast_call(name: str, b: dict[str, torch.Tensor]) -> Callable[[], None]:
 
 
 def loop_call(name: str, b: dict[str, torch.Tensor], limit: int | None) -> Callable[[], None]:
-    ctrl = PRESETS["retinanet"].control_points.float()
+    ctrl = PRESETS["retinanet"].control_points.float().to(b["logits"].device)
 
     def run() -> None:
         x = _leaf(b["logits"])
@@ -204,63 +253,101 @@ def measure_loop(name: str, b: dict[str, torch.Tensor], p: int, repeats: int) ->
     Returns seconds, whether they are an estimate, and the limit to probe memory with (``None``:
     the full loop; for the dense Parameterized AP form the memory of ``k`` columns is scaled to P).
     """
+    device = b["logits"].device
     k1, k2 = min(p, 2), min(p, 12)
-    t1, _ = measure(loop_call(name, b, k1), 2)
+    t1, _ = measure(loop_call(name, b, k1), 2, device)
     if k1 == p:
         return {"seconds": t1, "estimated": False, "iterations": p, "limit": None}
-    t2, _ = measure(loop_call(name, b, k2), 2)
+    t2, _ = measure(loop_call(name, b, k2), 2, device)
     slope = max((t2 - t1) / (k2 - k1), 0.0)
     estimate = t1 + slope * (p - k1)
     if estimate <= LOOP_BUDGET_S or k2 == p:
-        seconds, _ = measure(loop_call(name, b, None), max(1, repeats // 2))
+        seconds, _ = measure(loop_call(name, b, None), max(1, repeats // 2), device)
         return {"seconds": seconds, "estimated": False, "iterations": p, "limit": None}
     return {"seconds": estimate, "estimated": True, "iterations": k2, "limit": k2}
 
 
 # ---------------------------------------------------------------------------------------- driver
-def run(sizes: str, losses: tuple[str, ...], base_repeats: int, include_loop: bool) -> dict:
+def size_grid(sizes: str) -> list[tuple[int, int]]:
+    """The (N, P) pairs of a ``--sizes`` choice, in run order."""
+    if sizes in SIZE_PAIRS:
+        return list(SIZE_PAIRS[sizes])
     ns, ps = SIZES[sizes]
+    return [(n, p) for n in ns for p in ps]
+
+
+def in_process_memory(n: int, p: int, batch: dict[str, torch.Tensor], losses: tuple[str, ...],
+                      loop_limits: dict[str, int | None]) -> dict:
+    """Peak CUDA memory of every method for one size (``memory_probe``'s keys), in this process."""
+    device = batch["logits"].device
+    calls = {"focal": focal_call(batch)}
+    for name in losses:
+        calls[f"fast:{name}"] = fast_call(name, batch)
+        if name in loop_limits:
+            calls[f"loop:{name}"] = loop_call(name, batch, loop_limits[name])
+    results = {}
+    for key, fn in calls.items():
+        fn()  # warm-up (caches, lazy initialisation)
+        results[key] = cuda_peak_memory(fn, device)
+    return results
+
+
+def device_description(device: str | torch.device) -> str:
+    if _is_cuda(device):
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def run(sizes: str, losses: tuple[str, ...], base_repeats: int, include_loop: bool,
+        device: str | torch.device = "cpu") -> dict:
     records = []
-    for n in ns:
-        for p in ps:
-            batch = make_batch(n, p)
-            repeats = base_repeats if n > 1_000_000 else max(base_repeats, 7)
-            focal_s, _ = measure(focal_call(batch), repeats)
-            size_records, limits = [], {}
-            for name in losses:
-                fast_s, _ = measure(fast_call(name, batch), repeats)
-                record = {"loss": name, "N": n, "P": p, "focal_s": focal_s, "fast_s": fast_s,
-                          "fast_over_focal": fast_s / focal_s}
-                if include_loop:
-                    loop = measure_loop(name, batch, p, repeats)
-                    limits[name] = loop["limit"]
-                    record.update({
-                        "loop_s": loop["seconds"], "loop_estimated": loop["estimated"],
-                        "loop_iterations_timed": loop["iterations"],
-                        "speedup_vs_loop": loop["seconds"] / fast_s,
-                    })
-                size_records.append(record)
+    for n, p in size_grid(sizes):
+        batch = make_batch(n, p, device=device)
+        repeats = base_repeats if n > 1_000_000 else max(base_repeats, 7)
+        focal_s, _ = measure(focal_call(batch), repeats, device)
+        size_records, limits = [], {}
+        for name in losses:
+            fast_s, _ = measure(fast_call(name, batch), repeats, device)
+            record = {"loss": name, "N": n, "P": p, "focal_s": focal_s, "fast_s": fast_s,
+                      "fast_over_focal": fast_s / focal_s}
+            if include_loop:
+                loop = measure_loop(name, batch, p, repeats)
+                limits[name] = loop["limit"]
+                record.update({
+                    "loop_s": loop["seconds"], "loop_estimated": loop["estimated"],
+                    "loop_iterations_timed": loop["iterations"],
+                    "speedup_vs_loop": loop["seconds"] / fast_s,
+                })
+            size_records.append(record)
+        if _is_cuda(device):
+            memory = in_process_memory(n, p, batch, losses, limits)
+        else:
             memory = memory_probe(n, p, losses, limits)
-            for record in size_records:
-                name = record["loss"]
-                record["focal_peak_mib"] = memory.get("focal")
-                record["fast_peak_mib"] = memory.get(f"fast:{name}")
-                if include_loop:
-                    loop_mib = memory.get(f"loop:{name}")
-                    limit = limits.get(name)
-                    if loop_mib is not None and limit is not None and name == "pap":
-                        loop_mib = loop_mib * p / limit  # the dense |S| x P matrix grows with P
-                    record["loop_peak_mib"] = loop_mib
-                    record["loop_memory_estimated"] = limit is not None and name == "pap"
-                records.append(record)
-                print(_row(record), flush=True)
-            del batch
-            gc.collect()
+        for record in size_records:
+            name = record["loss"]
+            record["focal_peak_mib"] = memory.get("focal")
+            record["fast_peak_mib"] = memory.get(f"fast:{name}")
+            if include_loop:
+                loop_mib = memory.get(f"loop:{name}")
+                limit = limits.get(name)
+                if loop_mib is not None and limit is not None and name == "pap":
+                    loop_mib = loop_mib * p / limit  # the dense |S| x P matrix grows with P
+                record["loop_peak_mib"] = loop_mib
+                record["loop_memory_estimated"] = limit is not None and name == "pap"
+            records.append(record)
+            print(_row(record), flush=True)
+        del batch
+        gc.collect()
+        if _is_cuda(device):
+            torch.cuda.empty_cache()
     return {
         "benchmark": "losses",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.losses " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
+        "device": str(torch.device(device)),
+        "device_name": device_description(device),
+        "memory": "torch.cuda.max_memory_allocated" if _is_cuda(device) else "resident set growth (probe process)",
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
@@ -306,7 +393,9 @@ def to_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", choices=sorted(SIZES), default="small")
+    parser.add_argument("--sizes", choices=SIZE_CHOICES, default="small",
+                        help="small/full: N x P products; gpu: the (N, P) pairs of the GPU table")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of " + ",".join(LOSSES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-loop", action="store_true", help="skip the released loop form")
@@ -321,10 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(losses) - set(LOSSES)
     if unknown:
         parser.error(f"unknown losses {sorted(unknown)}; choose from {LOSSES}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times are forward+backward medians")
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    where = device_description(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {device} ({where}); times are forward+backward medians")
     print(HEADER)
     print("|" + "---|" * 11)
-    result = run(args.sizes, losses, args.repeats, not args.no_loop)
+    result = run(args.sizes, losses, args.repeats, not args.no_loop, device)
     print("\nSorted by loss:\n")
     print(to_markdown(result))
     if args.json:
