@@ -1,0 +1,456 @@
+"""Operators, host synchronisations and (on CUDA) kernel launches of one loss call.
+
+On a GPU a loss call costs what the host spends issuing operators and waiting for the device,
+as soon as the work itself is small. This benchmark counts, for one warm forward + backward call
+of each loss (``focal``, ``ap``, ``alrp``, ``rank_sort``, ``pap``, ``ghm``; inputs as
+:func:`benchmarks.losses.make_batch` draws them), with ``torch.profiler``:
+
+* **top-level operators**: profiler events whose name starts with ``aten::`` and that have no
+  ``aten::`` ancestor, from the forward and the backward (including the operators autograd runs
+  under ``autograd::engine::evaluate_function: ...``). Each is at least one dispatch, and on CUDA
+  usually one or more kernel launches.
+* **host synchronisations**: operators that, on CUDA, make the host wait for the device. Counted at
+  any depth (a ``nonzero`` inside boolean-mask indexing still syncs), but an operator nested
+  inside one already counted is not counted again (``aten::item`` -> ``_local_scalar_dense`` is
+  one sync). The list:
+
+  - ``aten::_local_scalar_dense``: ``Tensor.item()``, ``float()``, ``int()`` of a tensor;
+  - ``aten::is_nonzero``: ``bool()`` of a tensor (``if tensor:``);
+  - ``aten::nonzero``: also inside boolean-mask indexing (``aten::index``, ``aten::index_put_``),
+    ``torch.where(cond)``, ``argwhere`` (``nonzero_static`` does not sync and is not counted);
+  - ``aten::masked_select``;
+  - ``aten::unique*`` and ``aten::_unique*`` (``torch.unique``, ``unique_consecutive``);
+  - ``aten::bincount``;
+  - ``aten::repeat_interleave`` without ``output_size`` (recognised by the host read of the
+    output size it contains, a nested ``aten::_local_scalar_dense``);
+  - ``aten::equal`` (``torch.equal``);
+  - device -> host copies: ``Tensor.cpu()``, ``Tensor.tolist()``, ``Tensor.numpy()``,
+    ``Tensor.__array__`` and ``Tensor.to("cpu")`` (the device given as the string ``"cpu"``, or
+    any CPU device for a tensor not on the CPU). On the CPU these are no profiler event (or an
+    ``aten::to`` that does nothing), so they are counted by wrapping those ``torch.Tensor``
+    methods during the measured call; they appear as ``Tensor.cpu`` etc. in ``sync_ops``.
+
+* on CUDA (``--device cuda``) also: **kernel launches** (CUDA runtime launch calls such as
+  ``cudaLaunchKernel`` seen by the profiler), **kernels** (device kernel events; copies and memsets
+  excluded), **CUDA syncs** (runtime calls that block the host: ``cudaStreamSynchronize``,
+  ``cudaDeviceSynchronize``, ``cudaEventSynchronize``, blocking ``cudaMemcpy``), device -> host
+  copies, and the median time of a call next to focal loss's (synchronised).
+
+Counts are taken on the second call (the first warms caches) and are deterministic for given
+inputs. Every count is taken with input validation on (the default) and, when
+``detlosses.set_validate_args`` exists, with it off.
+
+:func:`count_operators` is importable (``tests/benchmarks`` pins the counts)::
+
+    count = count_operators(lambda: loss(x, t).backward())
+    count.top_level, count.syncs, count.sync_ops
+
+Usage::
+
+    python -m benchmarks.launches                       # N = 1e6, P = 1000, CPU
+    python -m benchmarks.launches --sizes 100000x100,1000000x1000 --json out.json --markdown out.md
+    python -m benchmarks.launches --device cuda         # + kernel launches and time vs focal
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import detlosses
+from benchmarks.losses import _leaf, device_description, fast_call, focal_call, make_batch, measure
+
+LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm")
+DEFAULT_SIZES = "1000000x1000"
+
+# ------------------------------------------------------------------------------------- the lists
+SYNC_OPS = frozenset({
+    "aten::_local_scalar_dense",
+    "aten::is_nonzero",
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::bincount",
+    "aten::equal",
+})
+SYNC_PREFIXES = ("aten::unique", "aten::_unique")
+# repeat_interleave syncs only when it reads its output size on the host
+CONDITIONAL_SYNC_OPS = frozenset({"aten::repeat_interleave"})
+HOST_SCALAR_READ = "aten::_local_scalar_dense"
+# torch.Tensor methods that copy device memory to the host (wrapped while counting)
+HOST_READ_METHODS = ("cpu", "tolist", "numpy", "__array__", "to")
+LAUNCH_EVENTS = frozenset({
+    "cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+    "cudaLaunchCooperativeKernel", "cudaLaunchCooperativeKernelMultiDevice", "cudaGraphLaunch",
+})
+CUDA_SYNC_EVENTS = frozenset({
+    "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+    "cuStreamSynchronize", "cuCtxSynchronize", "cuEventSynchronize", "cuMemcpyDtoH_v2",
+})
+
+
+@dataclass(frozen=True)
+class OperatorCount:
+    """Counts of one profiled call (see the module docstring for the rules)."""
+
+    top_level: int
+    syncs: int
+    sync_ops: dict[str, int] = field(default_factory=dict)
+    top_level_ops: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    kernels: int | None = None
+    launches: int | None = None
+    cuda_syncs: int | None = None
+    d2h_copies: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------- counting
+def _is_aten(name: str) -> bool:
+    return name.startswith("aten::")
+
+
+def _has_aten_ancestor(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if _is_aten(parent.name):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def _subtree_has(event, name: str) -> bool:
+    stack = list(event.cpu_children)
+    while stack:
+        child = stack.pop()
+        if child.name == name:
+            return True
+        stack.extend(child.cpu_children)
+    return False
+
+
+def is_sync_event(event) -> bool:
+    """Whether this profiler event is a host-synchronising operator (by itself)."""
+    name = event.name
+    if name in SYNC_OPS or name.startswith(SYNC_PREFIXES):
+        return True
+    if name in CONDITIONAL_SYNC_OPS:
+        return _subtree_has(event, HOST_SCALAR_READ)
+    return False
+
+
+def _has_sync_ancestor(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if is_sync_event(parent):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def _is_device_event(event) -> bool:
+    device_type = getattr(event, "device_type", None)
+    return device_type is not None and device_type != torch.autograd.DeviceType.CPU
+
+
+def count_events(events: Iterable, host_reads: Counter | None = None) -> OperatorCount:
+    """Counts from profiler ``FunctionEvent`` s (``prof.events()``) plus wrapped host reads."""
+    top_level: Counter = Counter()
+    syncs: Counter = Counter(host_reads or {})
+    kernels = launches = cuda_syncs = d2h = 0
+    saw_device = False
+    for event in events:
+        name = event.name
+        if _is_device_event(event):
+            saw_device = True
+            if "DtoH" in name or "Device -> Pageable" in name or "Device -> Pinned" in name:
+                d2h += 1
+            if not (name.startswith("Memcpy") or name.startswith("Memset")):
+                kernels += 1
+            continue
+        if name in LAUNCH_EVENTS:
+            launches += 1
+            saw_device = True
+            continue
+        if name in CUDA_SYNC_EVENTS:
+            cuda_syncs += 1
+            saw_device = True
+            continue
+        if not _is_aten(name):
+            continue
+        if not _has_aten_ancestor(event):
+            top_level[name] += 1
+        if is_sync_event(event) and not _has_sync_ancestor(event):
+            syncs[name] += 1
+    return OperatorCount(
+        top_level=sum(top_level.values()),
+        syncs=sum(syncs.values()),
+        sync_ops=dict(sorted(syncs.items())),
+        top_level_ops=dict(top_level.most_common()),
+        kernels=kernels if saw_device else None,
+        launches=launches if saw_device else None,
+        cuda_syncs=cuda_syncs if saw_device else None,
+        d2h_copies=d2h if saw_device else None,
+    )
+
+
+def _targets_cpu(tensor: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+    """Whether ``tensor.to(*args, **kwargs)`` is a copy to the host (see the module docstring)."""
+    candidates = list(args[:1]) + [kwargs.get("device")]
+    for target in candidates:
+        if isinstance(target, str) and target.split(":")[0] == "cpu":
+            return True
+        if isinstance(target, torch.device) and target.type == "cpu" and tensor.device.type != "cpu":
+            return True
+        if isinstance(target, torch.Tensor) and target.device.type == "cpu" and tensor.device.type != "cpu":
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def count_host_reads() -> Iterator[Counter]:
+    """Wrap the ``torch.Tensor`` methods that copy to the host; yields their call counter."""
+    counts: Counter = Counter()
+    originals = {name: torch.Tensor.__dict__.get(name) for name in HOST_READ_METHODS}
+    depth = [0]  # a method calling another (cpu -> to) counts once
+
+    def wrap(name: str, method: Callable) -> Callable:
+        def wrapper(self, *args, **kwargs):
+            if depth[0] == 0 and (name != "to" or _targets_cpu(self, args, kwargs)):
+                counts[f"Tensor.{name}"] += 1
+            depth[0] += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        wrapper.__name__ = name
+        wrapper.__doc__ = getattr(method, "__doc__", None)
+        return wrapper
+
+    for name in HOST_READ_METHODS:
+        setattr(torch.Tensor, name, wrap(name, getattr(torch.Tensor, name)))
+    try:
+        yield counts
+    finally:
+        for name, original in originals.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
+
+
+def count_operators(fn: Callable[[], object], *, warmup: bool = True, cuda: bool | None = None) -> OperatorCount:
+    """Profile one call of ``fn`` (after a warm-up call) and count its operators and syncs.
+
+    ``cuda=None`` adds the CUDA activity (kernels, launches) whenever CUDA is available.
+    """
+    if warmup:
+        fn()
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof, count_host_reads() as host_reads:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = list(prof.events())
+    if cuda:  # drop the measurement's own closing torch.cuda.synchronize()
+        own = [e for e in events if e.name == "cudaDeviceSynchronize" and e.cpu_parent is None]
+        if own:
+            last = max(own, key=lambda e: e.time_range.start)
+            events = [e for e in events if e is not last]
+    return count_events(events, host_reads)
+
+
+# ------------------------------------------------------------------------------------- validation
+def validation_switch() -> Callable[[bool], None] | None:
+    """``detlosses.set_validate_args`` when this version has it, else ``None``."""
+    return getattr(detlosses, "set_validate_args", None)
+
+
+@contextlib.contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Input validation on or off for the block (restored to on, the default, afterwards)."""
+    switch = validation_switch()
+    if switch is None:
+        if not enabled:
+            raise RuntimeError("this detlosses has no set_validate_args: validation cannot be turned off")
+        yield
+        return
+    switch(enabled)
+    try:
+        yield
+    finally:
+        switch(True)
+
+
+# ------------------------------------------------------------------------------------- calls
+def ghm_call(b: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """GHM-C (one module, its EMA state carried across calls) on binary targets, ignored masked."""
+    targets = (b["targets"] == 1).float()
+    weight = (b["targets"] >= 0).float()
+    module = detlosses.GHMC().to(b["logits"].device)
+
+    def run() -> None:
+        x = _leaf(b["logits"])
+        module(x, targets, weight).backward()
+
+    return run
+
+
+def loss_call(name: str, b: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One forward + backward of loss ``name`` on batch ``b``."""
+    if name == "focal":
+        return focal_call(b)
+    if name == "ghm":
+        return ghm_call(b)
+    if name in ("ap", "alrp", "rank_sort", "pap"):
+        return fast_call(name, b)
+    raise ValueError(f"unknown loss {name!r}; choose from {LOSSES}")
+
+
+def measure_loss(name: str, b: dict[str, torch.Tensor], validate: bool = True) -> OperatorCount:
+    """The counts of one warm call of loss ``name`` (validation on or off)."""
+    fn = loss_call(name, b)
+    with validation(validate):
+        return count_operators(fn)
+
+
+# ------------------------------------------------------------------------------------- driver
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"1000000x1000,1e5x100"`` -> ``[(1000000, 1000), (100000, 100)]``."""
+    pairs = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        n, _, p = item.lower().partition("x")
+        pairs.append((int(float(n)), int(float(p))))
+    return pairs
+
+
+def run(sizes: list[tuple[int, int]], losses: tuple[str, ...], device: str | torch.device = "cpu",
+        repeats: int = 20) -> dict:
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    can_switch = validation_switch() is not None
+    records = []
+    for n, p in sizes:
+        batch = make_batch(n, p, device=device)
+        focal_s = None
+        for name in losses:
+            on = measure_loss(name, batch, validate=True)
+            off = measure_loss(name, batch, validate=False) if can_switch else None
+            record = {"loss": name, "N": n, "P": p, "validate": on.as_dict(),
+                      "no_validate": off.as_dict() if off is not None else None}
+            if on_cuda:
+                seconds, _ = measure(loss_call(name, batch), repeats, device)
+                if name == "focal":
+                    focal_s = seconds
+                elif focal_s is None:
+                    focal_s, _ = measure(focal_call(batch), repeats, device)
+                record.update({"seconds": seconds, "focal_s": focal_s, "over_focal": seconds / focal_s})
+            records.append(record)
+            print(_row(record), flush=True)
+        del batch
+    return {
+        "benchmark": "launches",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.launches " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": device_description(device),
+        "validation_switch": can_switch,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "dtype": "float32",
+        "sync_ops_counted": sorted(SYNC_OPS | CONDITIONAL_SYNC_OPS) + [p + "*" for p in SYNC_PREFIXES]
+        + [f"Tensor.{m}" for m in HOST_READ_METHODS],
+        "records": records,
+    }
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _sync_names(count: dict) -> str:
+    return ", ".join(f"{k.removeprefix('aten::')} {v}" for k, v in count["sync_ops"].items()) or "-"
+
+
+def header(cuda: bool) -> list[str]:
+    cols = ["loss", "N", "P", "top-level ops", "syncs", "ops (no validation)", "syncs (no validation)",
+            "sync operators"]
+    if cuda:
+        cols += ["kernel launches", "kernels", "CUDA syncs", "ms", "x focal"]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def _row(r: dict) -> str:
+    on, off = r["validate"], r["no_validate"] or {}
+    cells = [r["loss"], f"{r['N']:,}", f"{r['P']:,}", _fmt(on["top_level"]), _fmt(on["syncs"]),
+             _fmt(off.get("top_level")), _fmt(off.get("syncs")), _sync_names(on)]
+    if "seconds" in r:
+        cells += [_fmt(on.get("launches")), _fmt(on.get("kernels")), _fmt(on.get("cuda_syncs")),
+                  f"{r['seconds'] * 1e3:.2f}", f"{r['over_focal']:.2f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def to_markdown(result: dict) -> str:
+    cuda = result["device"].startswith("cuda")
+    return "\n".join(header(cuda) + [_row(r) for r in result["records"]]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated NxP pairs (default %(default)s)")
+    parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of " + ",".join(LOSSES))
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per loss on CUDA")
+    parser.add_argument("--json", type=Path, help="write the records here")
+    parser.add_argument("--markdown", type=Path, help="write the table here")
+    args = parser.parse_args(argv)
+    losses = tuple(s.strip() for s in args.losses.split(",") if s.strip())
+    unknown = set(losses) - set(LOSSES)
+    if unknown:
+        parser.error(f"unknown losses {sorted(unknown)}; choose from {LOSSES}")
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    if "focal" not in losses and device.type == "cuda":
+        print("note: times are relative to focal loss, measured anyway", file=sys.stderr)
+    print(f"torch {torch.__version__}, {device} ({device_description(device)}); one warm forward + backward "
+          f"call per loss; validation switch: {'yes' if validation_switch() else 'not in this detlosses'}")
+    print("\n".join(header(device.type == "cuda")))
+    result = run(parse_sizes(args.sizes), losses, device, args.repeats)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(to_markdown(result))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

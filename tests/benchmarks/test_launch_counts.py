@@ -1,0 +1,179 @@
+"""Operator and host-sync counts per loss call (issue 9), and the counting itself.
+
+The counts are deterministic for given inputs, so they are pinned exactly: an engine change that
+adds operators or syncs fails here and must update :data:`PINNED` on purpose. Budgets are the
+issue's targets. Measured at N = 1e5 logits, P = 100 positives, validation on, with
+``benchmarks.launches.count_operators`` (see its docstring for what counts as a sync).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import detlosses
+
+# ``benchmarks`` is a folder at the repository root, not an installed package
+# (this folder has no __init__.py, so it does not shadow it)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.launches import (  # noqa: E402
+    OperatorCount,
+    count_events,
+    count_operators,
+    main,
+    measure_loss,
+    parse_sizes,
+    validation,
+)
+from benchmarks.losses import make_batch  # noqa: E402
+
+N, P = 100_000, 100
+RANKING = ("ap", "alrp", "rank_sort", "pap")
+
+# issue 9: (top-level aten operators, host syncs) per forward + backward call
+BUDGETS = {"ap": (80, 2), "alrp": (80, 2), "rank_sort": (150, 2), "pap": (150, 3)}
+
+# the counts as they are today (N = 1e5, P = 100, validation on): (top-level operators, syncs)
+PINNED = {
+    "focal": (36, 0),
+    "ap": (331, 9),
+    "alrp": (418, 11),
+    "rank_sort": (458, 9),
+    "pap": (856, 29),
+    "ghm": (69, 5),
+}
+IN_PROGRESS = pytest.mark.xfail(strict=False, reason="engine rewrite in progress")
+
+
+def _marked(names, mark_ranking: bool = True):
+    return [pytest.param(n, marks=IN_PROGRESS) if mark_ranking and n in RANKING else n for n in names]
+
+
+@functools.cache
+def _batch():
+    return make_batch(N, P)
+
+
+@functools.cache
+def _count(name: str, validate: bool = True) -> OperatorCount:
+    return measure_loss(name, _batch(), validate=validate)
+
+
+# ------------------------------------------------------------------------------ the pins
+@pytest.mark.parametrize("name", _marked(PINNED))
+def test_counts_are_pinned(name):
+    count = _count(name)
+    assert (count.top_level, count.syncs) == PINNED[name], f"{name}: sync operators {count.sync_ops}"
+
+
+@pytest.mark.parametrize("name", _marked(BUDGETS))
+def test_counts_within_issue_budget(name):
+    count = _count(name)
+    budget, sync_budget = BUDGETS[name]
+    assert count.top_level <= budget, f"{name}: {count.top_level} top-level operators > {budget}"
+    assert count.syncs <= sync_budget, f"{name}: {count.syncs} syncs > {sync_budget}: {count.sync_ops}"
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_turning_validation_off_never_adds_operators(name):
+    if getattr(detlosses, "set_validate_args", None) is None:
+        pytest.skip("detlosses.set_validate_args does not exist yet")
+    on, off = _count(name), _count(name, validate=False)
+    assert off.top_level <= on.top_level and off.syncs <= on.syncs
+
+
+# ------------------------------------------------------------------------------ the counting
+def test_item_is_one_sync_and_two_operators():
+    x = torch.randn(10)
+    count = count_operators(lambda: x.sum().item())
+    assert (count.top_level, count.syncs) == (2, 1)
+    assert count.sync_ops == {"aten::_local_scalar_dense": 1}
+    assert count.top_level_ops == {"aten::sum": 1, "aten::item": 1}
+    assert count.kernels is None and count.launches is None  # no CUDA activity asked for
+    assert count_operators(lambda: float(x.sum()), cuda=False).syncs == 1
+
+
+def test_boolean_mask_indexing_counts_its_nested_nonzero_forward_and_backward():
+    x = torch.randn(100)
+    count = count_operators(lambda: x[x > 0])
+    assert count.sync_ops == {"aten::nonzero": 1}
+    assert count.top_level == 2  # gt, index (the nonzero is nested, not top-level)
+
+    def forward_backward():
+        leaf = x.clone().requires_grad_(True)
+        leaf[leaf > 0].sum().backward()
+
+    count = count_operators(forward_backward)
+    assert count.sync_ops == {"aten::nonzero": 2}  # index, and index_put_ in IndexBackward0
+    assert "aten::new_zeros" in count.top_level_ops  # operators run by autograd are counted
+
+
+def test_nested_syncs_count_once():
+    x, repeats = torch.randn(10), torch.tensor([1, 2, 3])
+    assert count_operators(lambda: bool(x.sum() > 0)).sync_ops == {"aten::is_nonzero": 1}
+    # repeat_interleave reads its output size (two nested item calls): one sync; with output_size none
+    assert count_operators(lambda: torch.repeat_interleave(repeats)).sync_ops == {"aten::repeat_interleave": 1}
+    assert count_operators(lambda: torch.repeat_interleave(repeats, output_size=6)).syncs == 0
+    assert count_operators(lambda: torch.unique(repeats)).syncs == 1
+    assert count_operators(lambda: torch.nonzero_static(x > 0, size=3)).syncs == 0
+    assert count_operators(lambda: (x + 1).exp().sum()).syncs == 0
+
+
+def test_host_copies_are_counted_though_invisible_to_the_cpu_profiler():
+    x = torch.randn(10)
+    count = count_operators(lambda: (x.tolist(), x.cpu(), x.to("cpu"), x.numpy()))
+    assert count.sync_ops == {"Tensor.cpu": 1, "Tensor.numpy": 1, "Tensor.to": 1, "Tensor.tolist": 1}
+    # moving to where the tensor already is, or a dtype change, is no host read
+    assert count_operators(lambda: (x.to(x.device), x.to(torch.float64), x.to(torch.device("cpu")))).syncs == 0
+    # the wrappers are gone afterwards
+    assert "to" not in torch.Tensor.__dict__ and torch.Tensor.tolist is torch._C.TensorBase.tolist
+
+
+def test_cuda_activity_is_counted_from_runtime_and_device_events():
+    def event(name, parent=None, device=False):
+        e = types.SimpleNamespace(name=name, cpu_parent=parent, cpu_children=[],
+                                  device_type=torch.autograd.DeviceType.CUDA if device
+                                  else torch.autograd.DeviceType.CPU)
+        if parent is not None:
+            parent.cpu_children.append(e)
+        return e
+
+    add = event("aten::add")
+    item = event("aten::item")
+    events = [add, event("cudaLaunchKernel", add), event("void add_kernel<float>", device=True),
+              item, event("aten::_local_scalar_dense", item), event("cudaMemcpyAsync"),
+              event("cudaStreamSynchronize"), event("Memcpy DtoH (Device -> Pageable)", device=True)]
+    count = count_events(events, Counter({"Tensor.tolist": 1}))
+    assert (count.top_level, count.syncs) == (2, 2)
+    assert (count.launches, count.kernels, count.cuda_syncs, count.d2h_copies) == (1, 1, 1, 1)
+
+
+def test_validation_switch_is_used_when_present(monkeypatch):
+    calls = []
+    monkeypatch.setattr(detlosses, "set_validate_args", calls.append, raising=False)
+    with validation(False):
+        assert calls == [False]
+    assert calls == [False, True]
+    monkeypatch.delattr(detlosses, "set_validate_args")
+    with validation(True):
+        pass
+    with pytest.raises(RuntimeError, match="set_validate_args"), validation(False):
+        pass
+
+
+def test_command_line_writes_json_and_markdown(tmp_path, capsys):
+    out, table = tmp_path / "launches.json", tmp_path / "launches.md"
+    assert main(["--sizes", "2000x5", "--losses", "focal,ap", "--json", str(out),
+                          "--markdown", str(table)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["loss"] for r in result["records"]] == ["focal", "ap"]
+    assert result["records"][0]["validate"]["top_level"] == PINNED["focal"][0]
+    assert table.read_text().startswith("| loss | N | P | top-level ops | syncs |")
+    assert parse_sizes("1e5x100, 1000000x1000") == [(100_000, 100), (1_000_000, 1000)]
