@@ -13,6 +13,7 @@ from detlosses.data.dataset import DetectionDataset, ImageRecord
 from detlosses.data.errors import DatasetError, DroppedBoxesWarning
 from detlosses.data.readers import read_coco, read_voc, read_yolo
 from detlosses.data.specs import parse_data_spec
+from detlosses.data.splits import holdout_split, image_keys, shared_images
 from detlosses.data.synthetic import SHAPE_CLASSES, SyntheticShapes
 from detlosses.data.transforms import build_transforms, collate_detection, rescale_boxes
 
@@ -26,10 +27,13 @@ __all__ = [
     "build_transforms",
     "category_id_to_label",
     "collate_detection",
+    "holdout_split",
+    "image_keys",
     "label_to_category_id",
     "parse_data_spec",
     "read_coco",
     "read_voc",
     "read_yolo",
     "rescale_boxes",
+    "shared_images",
 ]

@@ -111,7 +111,11 @@ def read_coco(annotation_json: str | Path, images_dir: str | Path) -> DetectionD
     if len(set(classes)) != len(classes):
         raise DatasetError(f"{annotation_json}: category names must be unique, got {classes}")
 
+    if not images_dir.is_dir():
+        raise DatasetError(f"{images_dir}: COCO images folder not found (the folder that the 'file_name' of "
+                           f"each image in {annotation_json} is relative to)")
     images: dict[int, dict[str, Any]] = {}
+    missing: list[Path] = []
     for position, image in enumerate(data["images"]):
         where = f"{annotation_json}: images[{position}]"
         image_id = _require(image, "id", int, where)
@@ -120,7 +124,8 @@ def read_coco(annotation_json: str | Path, images_dir: str | Path) -> DetectionD
         file_name = _require(image, "file_name", str, where)
         path = images_dir / file_name
         if not path.is_file():
-            raise DatasetError(f"{path}: image file not found (listed in {annotation_json})")
+            missing.append(path)
+            continue
         if "width" in image or "height" in image:
             width = _require(image, "width", int, where)
             height = _require(image, "height", int, where)
@@ -129,6 +134,9 @@ def read_coco(annotation_json: str | Path, images_dir: str | Path) -> DetectionD
         else:
             width, height = read_image_size(path)
         images[image_id] = {"file_name": file_name, "path": path, "width": width, "height": height}
+    if missing:
+        more = f" ({len(missing) - 1} more of the {len(data['images'])} images missing too)" if len(missing) > 1 else ""
+        raise DatasetError(f"{missing[0]}: image file not found (listed in {annotation_json}){more}")
 
     boxes: dict[int, list[list[float]]] = {image_id: [] for image_id in images}
     labels: dict[int, list[int]] = {image_id: [] for image_id in images}
@@ -188,6 +196,8 @@ class _VocObject:
 class _VocAnnotation:
     path: Path
     filename: str | None
+    folder: str | None
+    image_path: str | None
     width: int | None
     height: int | None
     objects: list[_VocObject]
@@ -201,6 +211,12 @@ def _xml_number(element: ET.Element, tag: str, xml_path: Path) -> float:
         return float(child.text)
     except ValueError as error:
         raise DatasetError(f"{xml_path}: <{tag}> is not a number: {child.text!r}") from error
+
+
+def _xml_text(root: ET.Element, tag: str) -> str | None:
+    element = root.find(tag)
+    text = (element.text or "").strip() if element is not None else ""
+    return text or None
 
 
 def _parse_voc_xml(xml_path: Path) -> _VocAnnotation:
@@ -231,20 +247,67 @@ def _parse_voc_xml(xml_path: Path) -> _VocAnnotation:
         difficult_element = element.find("difficult")
         difficult = difficult_element is not None and (difficult_element.text or "0").strip() == "1"
         objects.append(_VocObject(name=name_element.text.strip(), box=box, difficult=difficult))
-    filename_element = root.find("filename")
-    filename = (filename_element.text or "").strip() if filename_element is not None else ""
-    return _VocAnnotation(xml_path, filename or None, width, height, objects)
+    return _VocAnnotation(xml_path, _xml_text(root, "filename"), _xml_text(root, "folder"), _xml_text(root, "path"),
+                          width, height, objects)
 
 
-def _voc_image_path(root: Path, image_stem: str, annotation: _VocAnnotation) -> Path:
-    candidates = [root / "JPEGImages" / f"{image_stem}.jpg"]
+#: Folder names (compared case-insensitively) searched for the annotation files and the images.
+VOC_ANNOTATION_FOLDERS = ("Annotations", "annotations")
+VOC_IMAGE_FOLDERS = ("JPEGImages", "images")
+
+
+def voc_layout_help(root: Path, split: str) -> str:
+    """The folder layout :func:`read_voc` accepts, in words (part of its error messages)."""
+    return (
+        "Expected a Pascal VOC folder:\n"
+        f"  {root}/Annotations/*.xml (or annotations/): one XML file per image;\n"
+        f"  {root}/JPEGImages/ (or images/, or beside the XML files, or where each XML's <path> or <folder> "
+        "points): the images, named by the XML's <filename> or the XML file's stem;\n"
+        f"  {root}/ImageSets/Main/{split}.txt (optional): the image ids of split '{split}'. Without ImageSets "
+        "every split is all the images: hold validation images out with --val-fraction 0.2 or name them with "
+        "--val-data."
+    )
+
+
+def _child_folders(root: Path, names: Sequence[str]) -> list[Path]:
+    """The sub-folders of ``root`` whose names match ``names`` case-insensitively, in ``names`` order."""
+    wanted = [name.lower() for name in names]
+    found = [child for child in root.iterdir() if child.is_dir() and child.name.lower() in wanted]
+    return sorted(found, key=lambda child: (wanted.index(child.name.lower()), child.name))
+
+
+def _voc_image_path(
+    root: Path, image_dirs: list[Path], image_stem: str, annotation: _VocAnnotation
+) -> tuple[Path | None, str]:
+    """The image of ``annotation``, or ``None`` and a description of where it was looked for."""
+    declared = None
+    if annotation.image_path is not None:
+        declared = Path(annotation.image_path.replace("\\", "/"))
+        if not declared.is_absolute():
+            declared = root / declared
+        if declared.is_file():
+            return declared, ""
+    folders = list(image_dirs)
+    if annotation.folder is not None and (root / annotation.folder).is_dir():
+        folders.append(root / annotation.folder)
+    folders.append(annotation.path.parent)
+    names = [f"{image_stem}.jpg"]
     if annotation.filename is not None:
-        candidates.append(root / "JPEGImages" / annotation.filename)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    tried = ", ".join(str(candidate) for candidate in candidates)
-    raise DatasetError(f"{annotation.path}: image file not found (tried {tried})")
+        names.append(annotation.filename)
+    if declared is not None:
+        names.append(declared.name)
+    names += [f"{image_stem}{suffix}" for suffix in sorted(IMAGE_SUFFIXES)]
+    folders = list(dict.fromkeys(folder.resolve() for folder in folders))
+    names = list(dict.fromkeys(names))
+    for folder in folders:
+        for name in names:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate, ""
+    where = f"looked for {', '.join(names[:3])} (or another image suffix) in {', '.join(str(f) for f in folders)}"
+    if declared is not None:
+        where += f"; its <path> {declared} does not exist"
+    return None, where
 
 
 def read_voc(
@@ -254,15 +317,21 @@ def read_voc(
     classes: Sequence[str] | None = None,
     keep_difficult: bool = True,
 ) -> DetectionDataset:
-    """Read a Pascal VOC layout: ``JPEGImages/``, ``Annotations/*.xml``, ``ImageSets/Main/<split>.txt``.
+    """Read a Pascal VOC layout: ``Annotations/*.xml``, the images, optionally ``ImageSets/Main/<split>.txt``.
+
+    Accepted layouts (folder names case-insensitive): the VOC one (``Annotations/``, ``JPEGImages/``,
+    ``ImageSets/Main/``) and the common export one (``annotations/*.xml`` + ``images/``, no ``ImageSets``).
+    With ``ImageSets/Main`` present the split file must exist; without it every split is ALL the annotated
+    images (hold validation images out with a hold-out split, see :mod:`detlosses.data.splits`).
 
     Box coordinates are taken as written (``xmin ymin xmax ymax`` in pixels, VOC's 1-based corners are
     not shifted: the sub-pixel offset is irrelevant next to annotation noise, and clipping to the image
     keeps ``xmax = width`` valid); image sizes come from the XML ``<size>`` when present (and positive),
-    else from the image file header.  The image is ``JPEGImages/<id>.jpg``, or else the XML's
-    ``<filename>`` inside ``JPEGImages/``.  Image ids are assigned
-    by :func:`assign_image_ids` over ALL annotation files of ``root`` (sorted), so the splits of one root
-    never share an id.
+    else from the image file header.  The image is the XML's ``<path>`` when that file exists, else
+    ``<id>.jpg``, the XML's ``<filename>`` or ``<id>`` with another image suffix, looked for in
+    ``JPEGImages/`` / ``images/``, in the folder the XML's ``<folder>`` names and beside the XML file.
+    Image ids are assigned by :func:`assign_image_ids` over ALL annotation files of ``root`` (sorted), so
+    the splits of one root never share an id.
 
     Args:
         root: the data set folder.
@@ -272,35 +341,52 @@ def read_voc(
         keep_difficult: keep objects marked ``<difficult>1</difficult>`` (default) or drop them.
 
     Raises:
-        DatasetError: when the split file, an annotation file or an image file is missing, an XML file is
-            unparsable or malformed, or an object's class is not in ``classes``.
+        DatasetError: when the root does not exist, the annotation folder, the split file, an annotation file
+            or images are missing (all missing images in one message, with the expected layout), an XML file
+            is unparsable or malformed, or an object's class is not in ``classes``.
     """
     root = Path(root)
-    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    annotations_dir = root / "Annotations"
-    if not split_file.is_file():
-        raise DatasetError(f"{split_file}: VOC split file not found (expected ImageSets/Main/{split}.txt)")
-    if not annotations_dir.is_dir():
-        raise DatasetError(f"{annotations_dir}: VOC Annotations folder not found")
-    image_stems: list[str] = []
-    seen: set[str] = set()
-    for line_number, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.split()
-        if len(fields) > 1:
-            raise DatasetError(f"{split_file}:{line_number}: expected one image id per line, got {line!r}")
-        if fields and fields[0] in seen:
-            raise DatasetError(f"{split_file}:{line_number}: image id {fields[0]!r} is listed twice")
-        image_stems.extend(fields)
-        seen.update(fields)
+    if not root.exists():
+        raise DatasetError(f"{root}: data set root does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data set root is not a folder")
+    annotation_dirs = _child_folders(root, VOC_ANNOTATION_FOLDERS)
+    image_dirs = _child_folders(root, VOC_IMAGE_FOLDERS)
+    split_dir = root / "ImageSets" / "Main"
+    split_file = split_dir / f"{split}.txt"
+    problems = []
+    if not annotation_dirs:
+        problems.append("no Annotations/ (or annotations/) folder")
+    elif not any(annotation_dirs[0].glob("*.xml")):
+        problems.append(f"no .xml file in {annotation_dirs[0]}")
+    if split_dir.is_dir() and not split_file.is_file():
+        available = sorted(path.stem for path in split_dir.glob("*.txt"))
+        problems.append(f"{split_file}: VOC split file not found (splits there: {', '.join(available) or 'none'})")
+    if problems:
+        raise DatasetError(f"{root}: " + "; ".join(problems) + ".\n" + voc_layout_help(root, split))
+    annotations_dir = annotation_dirs[0]
 
     all_stems = sorted(path.stem for path in annotations_dir.glob("*.xml"))
     id_of = dict(zip(all_stems, assign_image_ids(all_stems), strict=True))
-    for stem in image_stems:
-        if stem not in id_of:
-            raise DatasetError(
-                f"{annotations_dir / (stem + '.xml')}: annotation file not found "
-                f"(image listed in {split_file})"
-            )
+    if split_dir.is_dir():
+        image_stems: list[str] = []
+        seen: set[str] = set()
+        for line_number, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), start=1):
+            fields = line.split()
+            if len(fields) > 1:
+                raise DatasetError(f"{split_file}:{line_number}: expected one image id per line, got {line!r}")
+            if fields and fields[0] in seen:
+                raise DatasetError(f"{split_file}:{line_number}: image id {fields[0]!r} is listed twice")
+            image_stems.extend(fields)
+            seen.update(fields)
+        for stem in image_stems:
+            if stem not in id_of:
+                raise DatasetError(
+                    f"{annotations_dir / (stem + '.xml')}: annotation file not found "
+                    f"(image listed in {split_file})"
+                )
+    else:
+        image_stems = list(all_stems)
     parsed = {stem: _parse_voc_xml(annotations_dir / f"{stem}.xml") for stem in image_stems}
     if classes is None:
         others = (stem for stem in all_stems if stem not in parsed)
@@ -310,11 +396,26 @@ def read_voc(
             raise DatasetError(f"{annotations_dir}: no <object> in any annotation file; pass classes=")
     label_of = {name: label for label, name in enumerate(classes)}
 
+    image_paths: dict[str, Path] = {}
+    missing: list[str] = []
+    for stem in image_stems:
+        image_path, where = _voc_image_path(root, image_dirs, stem, parsed[stem])
+        if image_path is None:
+            missing.append(f"{parsed[stem].path}: image file not found ({where})")
+        else:
+            image_paths[stem] = image_path
+    if missing:
+        shown = "\n  ".join(missing[:5]) + (f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetError(
+            f"{root}: {len(missing)} of {len(image_stems)} images not found:\n  {shown}\n"
+            + voc_layout_help(root, split)
+        )
+
     sanitizer = BoxSanitizer(f"{root} (split '{split}')")
     records = []
     for stem in image_stems:
         annotation = parsed[stem]
-        image_path = _voc_image_path(root, stem, annotation)
+        image_path = image_paths[stem]
         if annotation.width is not None and annotation.height is not None:
             width, height = annotation.width, annotation.height
         else:

@@ -2,9 +2,11 @@
 
 Accepted forms (``split`` is the split asked for by the caller, e.g. ``"train"`` or ``"val"``):
 
-* ``coco:<annotations.json>:<images_dir>`` -- a COCO file (the file IS the split; ``split`` is unused);
+* ``coco:<annotations.json>:<images_dir>`` -- a COCO file (the file IS the split; ``split`` is unused: name
+  each split's file with a spec of its own, e.g. training ``--data`` and validation ``--val-data``);
 * ``voc:<root>`` -- Pascal VOC, reading ``ImageSets/Main/<split>.txt``; ``voc:<root>:<name>`` reads
-  ``<name>.txt`` instead;
+  ``<name>.txt`` instead; a root without ``ImageSets`` (``annotations/*.xml`` + ``images/``) is one split of
+  all its images, whatever ``split`` is asked for;
 * ``yolo:<data.yaml>`` -- YOLO, reading the ``<split>`` entry of the YAML; ``yolo:<data.yaml>:<name>``
   reads the ``<name>`` entry instead;
 * ``synthetic`` or ``synthetic:key=value,...`` with keys ``images`` (default 128), ``size`` (image side,
