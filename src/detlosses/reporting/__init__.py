@@ -9,11 +9,11 @@ Modules, one concept each:
 * :mod:`~detlosses.reporting.plots`: the figures (Agg, written as PNG);
 * :mod:`~detlosses.reporting.report`: ``run_dir/report.md`` + ``run_dir/plots/*.png``;
 * :mod:`~detlosses.reporting.comparison`: mean ± std per loss over seeds, ``comparison.md/.png/.json``;
-* :mod:`~detlosses.reporting.formatting`, :mod:`~detlosses.reporting.atomic`: number / Markdown formatting
-  and atomic file writes.
+* :mod:`~detlosses.reporting.formatting`: number / Markdown formatting (files are written atomically by
+  :mod:`detlosses._atomic`, the package's one atomic-write module).
 """
 
-from detlosses.reporting.atomic import atomic_write, atomic_write_text, save_figure
+from detlosses._atomic import atomic_write, atomic_write_text
 from detlosses.reporting.comparison import (
     COMPARISON_JSON,
     COMPARISON_MD,
@@ -31,6 +31,7 @@ from detlosses.reporting.plots import (
     plot_precision_recall,
     plot_score_vs_iou,
     plot_training_curves,
+    save_figure,
 )
 from detlosses.reporting.report import write_run_report
 from detlosses.reporting.run_dir import (

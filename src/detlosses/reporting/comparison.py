@@ -9,7 +9,8 @@ and the time per iteration relative to the :data:`REFERENCE_LOSS` (focal loss):
 
 or ``"n/a"`` when focal is not among the runs (or either mean is undefined).
 
-:func:`write_comparison` writes ``comparison.md``, ``comparison.png`` and ``comparison.json``.
+:func:`write_comparison` writes ``comparison.md``, ``comparison.png`` and ``comparison.json``, with the data and
+settings the runs were trained with when they are given.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from detlosses._atomic import atomic_write_text
 from detlosses.evaluation.evaluate import to_jsonable
-from detlosses.reporting.atomic import atomic_write_text
-from detlosses.reporting.formatting import NA, as_float, format_mean_std, format_percent, format_seconds, markdown_table
+from detlosses.reporting.formatting import (
+    NA,
+    as_float,
+    format_mean_std,
+    format_percent,
+    format_seconds,
+    markdown_table,
+)
 from detlosses.reporting.plots import plot_comparison
 from detlosses.reporting.run_dir import REPORT_MD
 
@@ -176,7 +184,24 @@ def _relative_time_cell(value: Any) -> str:
     return f"{value:.2f}×" if isinstance(value, float) and math.isfinite(value) else NA
 
 
-def _comparison_markdown(summary: Mapping[str, Any], out_dir: Path) -> str:
+def _settings_section(settings: Mapping[str, Any] | None) -> list[str]:
+    if not settings:
+        return []
+    rows = [[str(key), _setting_text(value)] for key, value in settings.items()]
+    return ["## Data and settings", "", "Every run was trained and evaluated with:", "",
+            markdown_table(["Setting", "Value"], rows, align="ll")]
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (Mapping, list, tuple)):
+        return json.dumps(to_jsonable(value), ensure_ascii=False, separators=(", ", ": "))
+    return str(value)
+
+
+def _comparison_markdown(summary: Mapping[str, Any], out_dir: Path,
+                         settings: Mapping[str, Any] | None = None) -> str:
     losses = summary["losses"]
     best = {metric: _best(summary, metric) for metric in PERCENT_METRICS}
     header = ["Loss", "Seeds", *[f"{m} {'↓' if m.startswith('oLRP') else '↑'}" for m in PERCENT_METRICS],
@@ -223,6 +248,7 @@ def _comparison_markdown(summary: Mapping[str, Any], out_dir: Path) -> str:
         markdown_table(header, rows, align=["l"] + ["r"] * (len(header) - 2) + ["l"]),
         f"![AP, AP50, AP75 and oLRP per loss]({COMPARISON_PNG})",
         "",
+        *_settings_section(settings),
         "## Individual runs",
         "",
         markdown_table(per_run_header, per_run),
@@ -231,9 +257,14 @@ def _comparison_markdown(summary: Mapping[str, Any], out_dir: Path) -> str:
     ])
 
 
-def write_comparison(out_dir: str | os.PathLike[str], runs: Sequence[Mapping[str, Any]]) -> Path:
+def write_comparison(out_dir: str | os.PathLike[str], runs: Sequence[Mapping[str, Any]], *,
+                     settings: Mapping[str, Any] | None = None) -> Path:
     """Summarize ``runs`` and write ``out_dir/comparison.json``, ``comparison.png`` and ``comparison.md``
     (in that order, each atomically; the Markdown table links each run's ``report.md``).
+
+    ``settings`` (e.g. :meth:`~detlosses.training.TrainConfig.run_settings`: data, validation data,
+    detector, schedule) are recorded in both files (``"settings"`` in the JSON, a "Data and settings"
+    table in the Markdown), so a comparison always says what it was measured on.
 
     Returns:
         The path of ``comparison.md``.
@@ -243,8 +274,10 @@ def write_comparison(out_dir: str | os.PathLike[str], runs: Sequence[Mapping[str
     """
     out_dir = Path(out_dir)
     summary = summarize_runs(runs)
+    if settings is not None:
+        summary = {**summary, "settings": dict(settings)}
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(summary), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     atomic_write_text(out_dir / COMPARISON_JSON, text)
     plot_comparison(summary, out_dir / COMPARISON_PNG)
-    return atomic_write_text(out_dir / COMPARISON_MD, _comparison_markdown(summary, out_dir))
+    return atomic_write_text(out_dir / COMPARISON_MD, _comparison_markdown(summary, out_dir, settings))

@@ -24,10 +24,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from detlosses._atomic import atomic_write
 from detlosses.evaluation.evaluate import EvaluationDetails
 from detlosses.evaluation.lrp import LRPResult
 from detlosses.evaluation.matching import MatchResult
-from detlosses.reporting.atomic import save_figure
 from detlosses.reporting.correlation import MIN_TRUE_POSITIVES, TruePositives, score_iou_spearman, true_positives
 from detlosses.reporting.formatting import as_float
 from detlosses.reporting.run_dir import GradientNormHistograms, read_gradient_norms
@@ -35,6 +35,8 @@ from detlosses.reporting.training_log import TrainingLog, read_training_log
 
 __all__ = [
     "COMPARISON_PLOT_METRICS",
+    "DEFAULT_DPI",
+    "save_figure",
     "moving_average",
     "plot_comparison",
     "plot_gradient_norm_histogram",
@@ -43,6 +45,15 @@ __all__ = [
     "plot_score_vs_iou",
     "plot_training_curves",
 ]
+
+DEFAULT_DPI = 110
+"""Resolution of every report PNG."""
+
+
+def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = DEFAULT_DPI) -> Path:
+    """Render ``figure`` to a PNG at ``path`` atomically (Agg renderer, no pyplot state); returns the path."""
+    return atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=dpi))
+
 
 PathLike = str | os.PathLike[str]
 

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from detlosses._atomic import atomic_write_text
 from detlosses.evaluation.coco import COCO_SUMMARY_KEYS
 from detlosses.evaluation.evaluate import LRP_SUMMARY_KEYS, EvaluationDetails
-from detlosses.reporting.atomic import atomic_write_text
 from detlosses.reporting.correlation import true_positives
 from detlosses.reporting.formatting import (
     NA,

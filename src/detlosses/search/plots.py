@@ -1,4 +1,8 @@
-"""Plots of a search: reward per round and the learned functions against the identity."""
+"""Plots of a search: reward per round and the learned functions against the identity.
+
+Figures are :class:`matplotlib.figure.Figure` objects rendered by :func:`~detlosses.reporting.plots.save_figure`
+(Agg, atomically): no pyplot, no global backend switch, as in :mod:`detlosses.reporting`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-
-from ..losses.pap_params import FUNCTION_ORDER, PAPParams  # noqa: E402
-from ..reporting.atomic import save_figure  # noqa: E402
+from ..losses.pap_params import FUNCTION_ORDER, PAPParams
+from ..reporting.plots import save_figure
 
 __all__ = ["plot_rewards", "plot_learned_functions"]
 

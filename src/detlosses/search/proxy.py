@@ -17,10 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .._atomic import atomic_write_json
-from ..data import parse_data_spec
+from ..data import holdout_split, parse_data_spec
 from ..losses.pap_params import PAPParams
 from ..training import TrainConfig, train
 
@@ -36,18 +34,12 @@ def make_search_split(data: str, split: str, fraction: float, seed: int, path: s
             raise ValueError(f"{path} holds a search split of {saved.get('data')}:{saved.get('split')}, "
                              f"not of {data}:{split}")
         return path
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"the search-val fraction must be in (0, 1), got {fraction}")
     dataset = parse_data_spec(data, split)
-    ids = [dataset.record(i).image_id for i in range(len(dataset))]
-    if len(ids) < 2:
-        raise ValueError(f"{data}:{split} has {len(ids)} image(s); the search needs at least 2")
-    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = min(max(1, round(fraction * len(ids))), len(ids) - 1)
-    payload = {
-        "data": data, "split": split, "seed": seed, "val_fraction": fraction,
-        "train_ids": sorted(ids[i] for i in order[n_val:]), "val_ids": sorted(ids[i] for i in order[:n_val]),
-    }
+    if len(dataset) < 2:
+        raise ValueError(f"{data}:{split} has {len(dataset)} image(s); the search needs at least 2")
+    train_ids, val_ids = holdout_split(dataset, fraction, seed)
+    payload = {"data": data, "split": split, "seed": seed, "val_fraction": fraction,
+               "train_ids": train_ids, "val_ids": val_ids}
     return atomic_write_json(payload, path)
 
 
@@ -62,6 +54,8 @@ def proxy_config(base: TrainConfig, params: PAPParams, split_file: str | os.Path
         loss_options={"params": params.control_points.tolist(), "reg_weight": float(params.reg_weight)},
         pap_params=None,
         search_split=str(split_file),
+        val_data=None,
+        val_fraction=None,
         max_steps=int(budget),
         warmup_iters=min(base.warmup_iters, max(1, budget // 5)),
         lr_steps=[],
