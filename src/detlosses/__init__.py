@@ -2,32 +2,15 @@
 
 The loss layer (this namespace, :mod:`detlosses.losses`, :mod:`detlosses.ranking`) needs only
 torch and torchvision; the detector pipeline, search and command line are optional extras.
+
+The names of ``__all__`` come from :mod:`detlosses.losses`, imported on first use (PEP 562), so that
+``import detlosses.cli`` (``detlosses --help``) does not pay for importing torch and torchvision.
 """
 
-from .losses import (
-    GHMC,
-    GHMR,
-    ALRPLoss,
-    ALRPLossOutput,
-    APLoss,
-    IoUBalancedFocalLoss,
-    IoUBalancedSmoothL1Loss,
-    PAPParams,
-    ParameterizedAPLoss,
-    RankSortLoss,
-    RankSortLossOutput,
-    alrp_loss,
-    ap_loss,
-    control_points_from_theta,
-    iou_balanced_focal_loss,
-    iou_balanced_smooth_l1_loss,
-    load_pap_params,
-    parameterized_ap_loss,
-    rank_sort_loss,
-    save_pap_params,
-    scale_gradient,
-    weight_reduce_loss,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -56,3 +39,15 @@ __all__ = [
     "weight_reduce_loss",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__ and name != "__version__":
+        value = getattr(importlib.import_module(f"{__name__}.losses"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,21 +13,37 @@ from typing import Any
 import yaml
 
 from .._atomic import atomic_write_text
-from ..models import BACKBONES, LOSS_NAMES, MODELS
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "save_config"]
+__all__ = [
+    "RUN_ONLY_KEYS",
+    "TrainConfig",
+    "apply_overrides",
+    "config_differences",
+    "config_keys_help",
+    "load_config",
+    "save_config",
+]
 
 PRECISIONS = ("32", "16-mixed", "bf16-mixed", "64")
+
+RUN_ONLY_KEYS = frozenset({"out", "progress_bar", "num_workers", "log_every"})
+"""Keys that change where and how verbosely a run reports, never its numbers: ignored when a saved run's
+config is compared with the one asked for (``--resume``, ``compare``)."""
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on (saved as ``config.yaml`` in the run directory).
 
-    Data: ``data`` is a spec (``synthetic``, ``coco:<ann.json>:<images>``, ``voc:<root>``,
-    ``yolo:<data.yaml>``); ``train_split`` / ``val_split`` choose the splits, or ``search_split``
-    (a JSON file with ``train_ids`` and ``val_ids``) divides ``train_split`` in two (the search's
-    proxy task). ``max_steps`` ends training after that many iterations (a search budget);
+    Data: ``data`` is the training data spec (``synthetic``, ``coco:<ann.json>:<images>``,
+    ``voc:<root>``, ``yolo:<data.yaml>``) read at ``train_split``. The validation data is
+    ``val_data`` (a spec of its own, read at ``val_split``; default: ``data`` at ``val_split``), or a
+    seeded hold-out of ``val_fraction`` of the training images (``split_seed``; the split is written to
+    ``<out>/data_split.json``), or ``search_split`` (a JSON file with ``train_ids`` and ``val_ids``
+    dividing ``train_split`` in two: the search's proxy task). ``test_data`` / ``test_split`` name the
+    test data for ``detlosses eval --split test`` (default: ``data`` at ``test_split``). A run refuses
+    to start when its validation images are training images unless ``allow_train_as_val`` is set.
+    ``max_steps`` ends training after that many iterations (a search budget);
     ``abort_on_divergence`` stops a run whose loss is NaN or stuck at 1.0 (the search's rule).
     Schedule: SGD with linear warm-up over ``warmup_iters`` iterations from
     ``lr * warmup_ratio``, then ``lr`` divided by 10 at each epoch in ``lr_steps`` (default: at
@@ -34,7 +52,13 @@ class TrainConfig:
 
     data: str = "synthetic"
     train_split: str = "train"
+    val_data: str | None = None
     val_split: str = "val"
+    val_fraction: float | None = None
+    split_seed: int = 0
+    test_data: str | None = None
+    test_split: str = "test"
+    allow_train_as_val: bool = False
     search_split: str | None = None
     model: str = "retinanet"
     backbone: str = "mobilenet_v2"
@@ -77,6 +101,12 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Check (and normalise) every value; raises ``ValueError`` naming the key, value and what it must be."""
+        from ..models import BACKBONES, LOSS_NAMES, MODELS  # here, so reading a config stays light
+
+        hints = _field_types()
+        for item in dataclasses.fields(self):
+            setattr(self, item.name, _coerce(item.name, getattr(self, item.name), hints[item.name]))
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.backbone not in BACKBONES:
@@ -93,6 +123,13 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.max_steps is not None and int(self.max_steps) < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.val_fraction is not None and self.val_data is not None:
+            raise ValueError(f"val_fraction={self.val_fraction} holds validation images out of the training data, "
+                             f"but val_data={self.val_data!r} names other validation data: choose one")
+        if self.val_fraction is not None and self.search_split is not None:
+            raise ValueError("val_fraction and search_split both divide the training data: choose one")
         if self.search_split is not None and not Path(self.search_split).is_file():
             raise ValueError(f"search_split file {self.search_split} does not exist")
         if self.pap_params is not None and not Path(self.pap_params).is_file():
@@ -114,6 +151,42 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validation_source(self) -> str:
+        """Where the validation images come from, in words (for reports and messages)."""
+        if self.search_split is not None:
+            return f"{self.data} (split {self.train_split!r}), the val_ids of {self.search_split}"
+        if self.val_fraction is not None:
+            return (f"{self.val_fraction:g} of {self.data} (split {self.train_split!r}) held out, "
+                    f"split seed {self.split_seed}")
+        return f"{self.val_data or self.data} (split {self.val_split!r})"
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings a report shows: data, detector, schedule, then every other key that differs from
+        its default (``--set`` / config-file overrides included); ``out`` and display keys left out."""
+        settings: dict[str, Any] = {
+            "data": f"{self.data} (split {self.train_split!r})" if self.search_split is None and
+            self.val_fraction is None else self.data,
+            "validation data": self.validation_source(),
+        }
+        for key in ("model", "backbone", "loss", "epochs", "batch_size", "image_size", "lr", "seed", "precision",
+                    "devices", "pretrained_backbone"):
+            settings[key] = getattr(self, key)
+        shown = {"data", "train_split", "val_data", "val_split", "val_fraction", "split_seed", "search_split",
+                 *settings, *RUN_ONLY_KEYS}
+        defaults = TrainConfig.defaults()
+        for key, value in self.to_dict().items():
+            if key not in shown and value != defaults[key]:
+                settings[key] = value
+        return settings
+
+    @staticmethod
+    def defaults() -> dict[str, Any]:
+        """Every key's default value."""
+        values = {}
+        for item in dataclasses.fields(TrainConfig):
+            values[item.name] = item.default_factory() if item.default is dataclasses.MISSING else item.default
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -161,4 +234,111 @@ def apply_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str,
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write ``config`` as YAML (atomically); returns the path."""
     return atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_differences(saved: dict[str, Any], wanted: TrainConfig, ignore=RUN_ONLY_KEYS) -> list[str]:
+    """``key: saved -> wanted`` for every setting in which a saved run's config (a ``config.yaml``
+    mapping; keys it lacks take their defaults) differs from ``wanted``; ``ignore``d keys are skipped."""
+    full = {**TrainConfig.defaults(), **saved}
+    target = wanted.to_dict()
+    differences = []
+    for key in sorted(set(full) | set(target)):
+        if key in ignore:
+            continue
+        old, new = full.get(key, "<absent>"), target.get(key, "<absent>")
+        if key == "precision":
+            old, new = str(old), str(new)
+        if old != new:
+            differences.append(f"{key}: {old!r} (saved) vs {new!r} (now)")
+    return differences
+
+
+# ----------------------------------------------------------------------------------------- value types
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """``value`` as ``hint``; raises ``TypeError`` when it is not one."""
+    if hint is Any:
+        return value
+    if hint is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _convert(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise TypeError
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item) for v in value]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if isinstance(value, bool):  # YAML's true/false are not numbers or names
+        raise TypeError
+    if hint is int:
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        raise TypeError
+    if hint is float:
+        if isinstance(value, int | float):
+            return float(value)
+        raise TypeError
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float):  # e.g. precision: 32 or out: 2024 read as numbers by YAML
+            return str(value)
+        raise TypeError
+    raise TypeError
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    try:
+        return _convert(value, hint)
+    except TypeError:
+        raise ValueError(
+            f"config key {name!r} must be {_describe(hint)}, got {value!r} ({type(value).__name__})"
+        ) from None
+
+
+def config_keys_help() -> str:
+    """One line per config key: its type and default (for ``--help``)."""
+    hints = _field_types()
+    lines = []
+    for key, default in TrainConfig.defaults().items():
+        kind = _describe(hints[key]).replace("an integer", "int").replace("a number", "float")
+        kind = kind.replace("a string", "str").replace("true or false", "bool").replace("a mapping", "mapping")
+        kind = kind.replace("a list of integers", "list of int").replace(" or ", "|")
+        lines.append(f"{key} ({kind}) = {default!r}")
+    return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.yaml``, ``checkpoints/{last,best}.ckpt``, ``metrics.csv`` (CSV
 logger), ``tensorboard/``, ``metrics.json`` (final evaluation), ``report.md`` with ``plots/``,
-and for GHM runs ``gradient_norms.json``. Everything is written atomically or by Lightning's
+``data_split.json`` for a ``val_fraction`` hold-out, and for GHM runs ``gradient_norms.json``.
+Everything is written atomically or by Lightning's
 checkpointing, so a killed run resumes (``resume=True``) from its last epoch checkpoint and ends
 with the same result as an uninterrupted one.
 """
@@ -14,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +23,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..evaluation import write_metrics_json
-from .callbacks import IterationTimer
-from .config import TrainConfig, save_config
-from .datamodule import DetectionDataModule
+from .callbacks import EpochSummary, IterationTimer, ValidationTracker
+from .config import TrainConfig, config_differences, save_config
+from .datamodule import DATA_SPLIT_JSON, DetectionDataModule
 from .module import DetectionModule
 
 __all__ = ["RunResult", "train", "evaluate_checkpoint", "compare", "quiet_lightning"]
@@ -37,9 +40,23 @@ LOG = logging.getLogger("detlosses")
 
 @dataclass
 class RunResult:
+    """What a run left: its directory, final metrics and report; ``is_primary`` is false on the
+    data-parallel ranks other than global rank 0 (which print and write nothing)."""
+
     run_dir: Path
     metrics: dict[str, Any]
     report: Path | None
+    is_primary: bool = True
+
+
+def launched_rank() -> int:
+    """The global rank this process was launched as (``RANK`` / ``LOCAL_RANK`` set by Lightning's DDP
+    launcher or torchrun; 0 for a plain process)."""
+    for name in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(name)
+        if value is not None and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def quiet_lightning() -> None:
@@ -53,7 +70,13 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
 
 
-def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, timer: IterationTimer | None = None):
+def _progress_bar_visible(config: TrainConfig) -> bool:
+    """Lightning's progress bar only where someone watches a terminal; elsewhere one line per epoch."""
+    return config.progress_bar and sys.stdout.isatty()
+
+
+def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, extra_callbacks: list[pl.Callback] = (),
+             keep_best: bool = True):
     callbacks: list[pl.Callback] = []
     loggers: list[Any] | bool = False
     if for_fit:
@@ -62,13 +85,15 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, timer: Iterat
         callbacks = [
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                             enable_version_counter=False, save_on_train_epoch_end=True),
-            ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max",
-                            save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True,
-                            every_n_epochs=config.val_every),
             LearningRateMonitor(logging_interval="step"),
         ]
-        if timer is not None:
-            callbacks.append(timer)
+        if keep_best:  # needs val/AP, which is undefined without ground-truth boxes
+            callbacks.insert(1, ModelCheckpoint(
+                dirpath=run_dir / "checkpoints", filename="best", monitor="val/AP", mode="max", save_top_k=1,
+                enable_version_counter=False, save_on_train_epoch_end=True, every_n_epochs=config.val_every))
+        if config.progress_bar and not _progress_bar_visible(config):
+            callbacks.append(EpochSummary())
+        callbacks.extend(extra_callbacks)
         loggers = [CSVLogger(run_dir, name="", version=""),
                    TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
     return pl.Trainer(
@@ -87,7 +112,7 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, timer: Iterat
         limit_train_batches=config.limit_train_batches,
         limit_val_batches=config.limit_val_batches,
         num_sanity_val_steps=0,
-        enable_progress_bar=config.progress_bar,
+        enable_progress_bar=_progress_bar_visible(config),
         enable_model_summary=False,
         use_distributed_sampler=False,
         default_root_dir=run_dir,
@@ -134,12 +159,80 @@ def _write_outputs(run_dir: Path, metrics: dict[str, Any], details, title: str) 
     return write_run_report(run_dir, metrics, details, title=title)
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
-    """Train ``config``, evaluate the final model on the validation split, write the report."""
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run directory was trained with (``config.yaml``, else its last checkpoint), or ``None``."""
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        try:
+            saved = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            saved = None
+        if isinstance(saved, dict):
+            return saved
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        try:
+            return dict(torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]["config"])
+        except (KeyError, TypeError, RuntimeError, OSError):
+            return None
+    return None
+
+
+def check_same_settings(run_dir: Path, config: TrainConfig, action: str) -> None:
+    """Raise ``ValueError`` unless the run in ``run_dir`` was made with ``config`` (up to the keys of
+    :data:`~detlosses.training.config.RUN_ONLY_KEYS`); ``action`` says what was about to happen."""
+    saved = _saved_config(run_dir)
+    if saved is None:
+        raise ValueError(f"cannot {action} {run_dir}: it has no readable config.yaml or checkpoint to show which data "
+                         "and settings it was trained with; delete it or choose another --out")
+    differences = config_differences(saved, config)
+    if differences:
+        listed = "\n  ".join(differences)
+        raise ValueError(f"cannot {action} {run_dir}: it was trained with other data or settings:\n  {listed}\n"
+                         "Delete it, choose another --out, or ask for the same settings.")
+
+
+def _final_metrics(trainer: pl.Trainer, module: DetectionModule, datamodule: DetectionDataModule,
+                   tracker: ValidationTracker) -> None:
+    """Leave the final model's metrics in ``module.last_metrics``: those of the last validation of ``fit``
+    when it saw the final weights, else a fresh validation that is not logged (the training log keeps
+    one point per validated epoch)."""
+    if tracker.last_step == trainer.global_step and module.last_metrics is not None:
+        return
+    loggers = trainer.loggers
+    trainer.loggers = []
+    try:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    finally:
+        trainer.loggers = loggers
+
+
+def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = False) -> RunResult:
+    """Train ``config``, evaluate the final model on the validation data, write the report.
+
+    Args:
+        config: the run (``config.out`` is its directory).
+        resume: continue the run in ``config.out`` from its last checkpoint; it must exist and have been
+            trained with the same data and settings.
+        resume_or_start: resume when ``config.out`` holds a run, else start a new one.
+
+    Raises:
+        FileExistsError: ``config.out`` holds a run and neither ``resume`` nor ``resume_or_start`` is set.
+        FileNotFoundError: ``resume`` without a run to resume (and without ``resume_or_start``).
+        ValueError: the run to resume was trained with other settings; bad data or config.
+    """
     run_dir = Path(config.out)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not resume and last.exists():
+    if last.exists() and not (resume or resume_or_start):
         raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another --out")
+    if resume and not resume_or_start and not last.exists():
+        raise FileNotFoundError(
+            f"--resume: {run_dir} holds no run to resume ({last} does not exist). Drop --resume to start a new "
+            "run there, or pass --resume-or-start to resume when there is a run and start one otherwise."
+        )
+    if last.exists():
+        check_same_settings(run_dir, config, "resume")
+    primary = launched_rank() == 0
     pl.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = DetectionDataModule(config)
     datamodule.setup("fit")
@@ -147,33 +240,32 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     module.run_dir = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
+    keep_best = datamodule.val_has_boxes
+    if not keep_best and primary:
+        LOG.warning("the validation data (%s) has no ground-truth box: AP and LRP are undefined there (reported as "
+                    "n/a) and no best.ckpt is kept; training goes on", config.validation_source())
     timer = IterationTimer()
-    ckpt_path = str(last) if resume and last.exists() else None
+    tracker = ValidationTracker()
+    ckpt_path = str(last) if last.exists() else None
     earlier_log = _read_csv_rows(run_dir / "metrics.csv") if ckpt_path else []
     resumed_at = (0, 0)
     if ckpt_path:
         saved = torch.load(last, map_location="cpu", weights_only=False)
         resumed_at = (int(saved.get("epoch", 0)), int(saved.get("global_step", 0)))
-    trainer = _trainer(config, run_dir, for_fit=True, timer=timer)
+    trainer = _trainer(config, run_dir, for_fit=True, extra_callbacks=[timer, tracker], keep_best=keep_best)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero and earlier_log:
         _merge_csv_log(run_dir / "metrics.csv", earlier_log, *resumed_at)
-    trainer.validate(module, datamodule=datamodule, verbose=False)
+    _final_metrics(trainer, module, datamodule, tracker)
     metrics = dict(module.last_metrics or {})
     metrics["seconds_per_iteration"] = timer.seconds_per_iteration
     metrics["loss"] = config.loss
     metrics["diverged"] = bool(module.diverged)
-    metrics["run"] = {
-        "loss": config.loss, "model": config.model, "backbone": config.backbone, "data": config.data,
-        "epochs": config.epochs, "batch_size": config.batch_size, "image_size": config.image_size,
-        "seed": config.seed, "precision": config.precision, "devices": config.devices,
-        "pretrained_backbone": config.pretrained_backbone, "iterations": int(trainer.global_step),
-        "torch": torch.__version__,
-    }
+    metrics["run"] = {**config.run_settings(), "iterations": int(trainer.global_step), "torch": torch.__version__}
     report = None
     if trainer.is_global_zero:
         report = _write_outputs(run_dir, metrics, module.last_details, f"{config.loss} — {config.model}")
-    return RunResult(run_dir, metrics, report)
+    return RunResult(run_dir, metrics, report, is_primary=trainer.is_global_zero)
 
 
 def evaluate_checkpoint(
@@ -184,8 +276,19 @@ def evaluate_checkpoint(
     out: str | os.PathLike | None = None,
     batch_size: int | None = None,
     accelerator: str = "auto",
+    allow_train_as_val: bool = False,
 ) -> RunResult:
-    """Evaluate a checkpoint (its own validation data unless ``data``/``split`` are given)."""
+    """Evaluate a checkpoint.
+
+    The data evaluated: ``data`` at ``split`` (default: the run's ``val_split``) when ``data`` is given;
+    else the run's test data (``test_data``, or its ``data`` at ``test_split``) for ``split="test"``;
+    else the run's ``data`` at ``split`` for another split name; else the run's own validation data
+    (``val_data``, its ``val_fraction`` hold-out from ``data_split.json``, or ``data`` at ``val_split``).
+
+    Raises:
+        ValueError: when the evaluation images are training images of the run (unless
+            ``allow_train_as_val``), or the checkpoint or data is unusable.
+    """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
@@ -197,13 +300,31 @@ def evaluate_checkpoint(
     except (KeyError, TypeError):
         raise ValueError(f"{checkpoint} is not a detlosses training checkpoint") from None
     values.update(pretrained_backbone=False, devices=1, strategy="auto", accelerator=accelerator)
+    run_dir = checkpoint.parent.parent
+    own_validation = data is None and split is None
     if data is not None:
-        values["data"] = data
-    if split is not None:
+        values["val_data"] = data
+        if split is not None:
+            values["val_split"] = split
+    elif split == "test":
+        values["val_data"] = values.get("test_data") or values.get("data")
+        values["val_split"] = values.get("test_split", "test")
+    elif split is not None:
         values["val_split"] = split
+    if own_validation and values.get("val_fraction") is not None:
+        split_file = run_dir / DATA_SPLIT_JSON
+        if not split_file.is_file():
+            raise ValueError(f"the run held {values['val_fraction']:g} of its training images out for validation, "
+                             f"but its split file {split_file} is missing; name the data with --data")
+        values["search_split"] = str(split_file)
+    elif not own_validation:
+        values["search_split"] = None
+    values["val_fraction"] = None
     if batch_size is not None:
         values["batch_size"] = batch_size
-    out_dir = Path(out) if out is not None else checkpoint.parent.parent / "eval"
+    if allow_train_as_val:
+        values["allow_train_as_val"] = True
+    out_dir = Path(out) if out is not None else run_dir / "eval"
     values["out"] = str(out_dir)
     config = TrainConfig.from_dict(values)
     datamodule = DetectionDataModule(config)
@@ -218,7 +339,7 @@ def evaluate_checkpoint(
     trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = dict(module.last_metrics or {})
     metrics["loss"] = config.loss
-    metrics["run"] = {"checkpoint": str(checkpoint), "data": config.data, "split": config.val_split,
+    metrics["run"] = {"checkpoint": str(checkpoint), "data": config.validation_source(),
                       "loss": config.loss, "model": config.model, "backbone": config.backbone}
     out_dir.mkdir(parents=True, exist_ok=True)
     report = _write_outputs(out_dir, metrics, module.last_details, f"evaluation of {checkpoint.name}")
@@ -227,27 +348,43 @@ def evaluate_checkpoint(
 
 def compare(
     base: TrainConfig, losses: list[str], seeds: list[int], out: str | os.PathLike
-) -> tuple[Path, list[dict[str, Any]]]:
+) -> tuple[Path | None, list[dict[str, Any]]]:
     """Train every loss with every seed (same detector, data, schedule); write ``comparison.md``.
 
-    Finished runs (with ``metrics.json``) are reused and unfinished ones resumed, so an
-    interrupted comparison continues where it stopped.
+    A finished run in ``out`` (with ``metrics.json``) is reused and an unfinished one resumed only when it
+    was trained with the same data and settings (its saved config matches); otherwise nothing is trained and
+    a ``ValueError`` lists the differences. ``comparison.md`` records the data and settings. Under data
+    parallelism only global rank 0 writes the comparison; the other ranks get ``None`` as its path.
     """
     out = Path(out)
-    runs = []
+    primary = launched_rank() == 0
+    planned = []
     for loss in losses:
         for seed in seeds:
             run_dir = out / f"{loss}-seed{seed}"
             config = dataclasses.replace(base, loss=loss, seed=seed, out=str(run_dir),
                                          loss_options=base.loss_options if loss == base.loss else {})
-            metrics_file = run_dir / "metrics.json"
-            if metrics_file.exists():
-                LOG.info("compare: %s seed %d already finished, reusing %s (delete it to rerun)", loss, seed, run_dir)
-                metrics = json.loads(metrics_file.read_text())
-            else:
+            if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints" / "last.ckpt").exists():
+                check_same_settings(run_dir, config, "reuse")  # before any training: fail fast
+            planned.append((loss, seed, run_dir, config))
+    runs = []
+    for loss, seed, run_dir, config in planned:
+        metrics_file = run_dir / "metrics.json"
+        if metrics_file.exists():
+            if primary:
+                LOG.info("compare: %s seed %d already finished with the same settings, reusing %s", loss, seed,
+                         run_dir)
+            metrics = json.loads(metrics_file.read_text())
+        else:
+            if primary:
                 LOG.info("compare: training %s seed %d in %s", loss, seed, run_dir)
-                metrics = train(config, resume=True).metrics
-            runs.append({"loss": loss, "seed": seed, "metrics": metrics, "run_dir": str(run_dir)})
+            result = train(config, resume_or_start=True)
+            primary = primary and result.is_primary
+            metrics = result.metrics
+        runs.append({"loss": loss, "seed": seed, "metrics": metrics, "run_dir": str(run_dir)})
+    if not primary:
+        return None, runs
     from ..reporting import write_comparison
 
-    return write_comparison(out, runs), runs
+    settings = {key: value for key, value in base.run_settings().items() if key not in ("loss", "seed")}
+    return write_comparison(out, runs, settings=settings), runs
