@@ -2,16 +2,37 @@
 
 Options come from defaults, then ``--config FILE.yaml``, then ``--set key=value`` overrides, then
 the explicit flags. Run ``detlosses <command> --help`` for each command.
+
+Heavy modules (Lightning, the torchvision detectors, matplotlib, faster-coco-eval, Optuna, torch itself)
+are imported inside the commands, so ``detlosses --help`` answers at once. Bad input ends in one
+``error: ...`` line (exit code 2), never a traceback.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from .training.config import TrainConfig, config_keys_help
+
+HELP_WIDTH = 120
+"""Width of ``--help`` when standard output is not a terminal (a terminal's own width is used otherwise)."""
+
+_DEFAULTS = TrainConfig.defaults()
+
+
+def _default(key: str) -> str:
+    """`` (default: X)`` for a config key (the flags default to None so the config file can set them)."""
+    value = _DEFAULTS[key]
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return f" (default: {value})"
+
 
 app = typer.Typer(
     help="Exact ranking-based and balanced losses for one-stage detectors: train, evaluate, compare, search.",
@@ -20,34 +41,67 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of training options.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: key=value (repeatable).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of training options (any config key).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any config key: key=value, value read as YAML (repeatable; keys listed "
+                               "below)."),
+]
 DataOpt = Annotated[
     str | None,
-    typer.Option(help="Data: synthetic[:images=N,size=S,seed=K] | coco:<ann.json>:<images> | voc:<root> | "
-                      "yolo:<data.yaml>."),
+    typer.Option(help="Training data: synthetic[:images=N,size=S,seed=K] | coco:<ann.json>:<images> | "
+                      "voc:<root>[:<split>] | yolo:<data.yaml>[:<split>]." + _default("data")),
 ]
-ModelOpt = Annotated[str | None, typer.Option(help="Detector: retinanet | fcos.")]
-BackboneOpt = Annotated[str | None, typer.Option(help="Backbone with FPN: mobilenet_v2 | resnet18 | resnet50.")]
+ValDataOpt = Annotated[
+    str | None,
+    typer.Option(help="Validation data, same forms as --data (e.g. coco:<val.json>:<images>) (default: --data at "
+                      "the 'val' split). Runs refuse validation images that are training images."),
+]
+TestDataOpt = Annotated[
+    str | None,
+    typer.Option(help="Test data for 'detlosses eval --split test', same forms as --data (default: --data at the "
+                      "'test' split)."),
+]
+ValFractionOpt = Annotated[
+    float | None,
+    typer.Option(help="Hold this share of the training images out for validation (seeded by split_seed; the split "
+                      "is written to <out>/data_split.json), e.g. 0.2."),
+]
+AllowTrainAsValOpt = Annotated[
+    bool,
+    typer.Option("--allow-train-as-val",
+                 help="Measure on validation images that are also training images, on purpose."),
+]
+ModelOpt = Annotated[str | None, typer.Option(help="Detector: retinanet | fcos." + _default("model"))]
+BackboneOpt = Annotated[
+    str | None, typer.Option(help="Backbone with FPN: mobilenet_v2 | resnet18 | resnet50." + _default("backbone")),
+]
 PretrainedOpt = Annotated[
     bool | None,
     typer.Option("--pretrained-backbone/--no-pretrained-backbone",
-                 help="ImageNet backbone via torchvision's weights API."),
+                 help="ImageNet backbone via torchvision's weights API." + _default("pretrained_backbone")),
 ]
 WeightsDirOpt = Annotated[
     Path | None,
     typer.Option(help="Seed the torch hub cache from this folder of .pth files first (offline machines)."),
 ]
-EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
-BatchOpt = Annotated[int | None, typer.Option(help="Images per batch (per device).")]
-SizeOpt = Annotated[int | None, typer.Option(help="Square image size for training and evaluation.")]
-LrOpt = Annotated[float | None, typer.Option(help="Base SGD learning rate.")]
-SeedOpt = Annotated[int | None, typer.Option(help="Random seed.")]
-OutOpt = Annotated[Path | None, typer.Option(help="Output directory.")]
-PrecisionOpt = Annotated[str | None, typer.Option(help="32 | 16-mixed | bf16-mixed.")]
-DevicesOpt = Annotated[int | None, typer.Option(help="Number of devices (processes).")]
-StrategyOpt = Annotated[str | None, typer.Option(help="Lightning strategy, e.g. auto | ddp.")]
-AcceleratorOpt = Annotated[str | None, typer.Option(help="auto | cpu | gpu.")]
+EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs." + _default("epochs"))]
+BatchOpt = Annotated[int | None, typer.Option(help="Images per batch (per device)." + _default("batch_size"))]
+SizeOpt = Annotated[
+    int | None, typer.Option(help="Square image size for training and evaluation." + _default("image_size")),
+]
+LrOpt = Annotated[float | None, typer.Option(help="Base SGD learning rate." + _default("lr"))]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed." + _default("seed"))]
+OutOpt = Annotated[Path | None, typer.Option(help="Output directory." + _default("out"))]
+PrecisionOpt = Annotated[str | None, typer.Option(help="32 | 16-mixed | bf16-mixed." + _default("precision"))]
+DevicesOpt = Annotated[int | None, typer.Option(help="Number of devices (processes)." + _default("devices"))]
+StrategyOpt = Annotated[str | None, typer.Option(help="Lightning strategy, e.g. auto | ddp." + _default("strategy"))]
+AcceleratorOpt = Annotated[str | None, typer.Option(help="auto | cpu | gpu." + _default("accelerator"))]
+
+SET_KEYS_EPILOG = (
+    "Config keys (for --set key=value and --config FILE.yaml; type and default):\n\n"
+    + "\n".join(f"  {line}" for line in config_keys_help().splitlines())
+)
 
 
 def _fail(message: str) -> None:
@@ -73,6 +127,8 @@ def _seed_weights(weights_dir: Path | None) -> None:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
+    if metrics.get("num_gt") == 0:
+        typer.echo("AP and LRP undefined: the evaluation data has no ground-truth box")
     keys = ("AP", "AP50", "AP75", "oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN")
     parts = []
     for key in keys:
@@ -94,20 +150,28 @@ def _run(job) -> Any:
     logging.getLogger("detlosses").setLevel(logging.INFO)
     logging.getLogger("detlosses.search").setLevel(logging.INFO)
     quiet_lightning()
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         return job()
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, MisconfigurationException) as err:
         _fail(str(err))
 
 
-@app.command()
+@app.command(epilog=SET_KEYS_EPILOG)
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
+    val_data: ValDataOpt = None,
+    test_data: TestDataOpt = None,
+    val_fraction: ValFractionOpt = None,
+    allow_train_as_val: AllowTrainAsValOpt = False,
     model: ModelOpt = None,
     backbone: BackboneOpt = None,
-    loss: Annotated[str | None, typer.Option(help="focal | ap | alrp | rank_sort | pap | ghm | iou_balanced.")] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="focal | ap | alrp | rank_sort | pap | ghm | iou_balanced." + _default("loss")),
+    ] = None,
     pap_params: Annotated[Path | None, typer.Option(help="Params file for --loss pap (from detlosses search).")] = None,
     pretrained_backbone: PretrainedOpt = None,
     weights_dir: WeightsDirOpt = None,
@@ -117,7 +181,12 @@ def train(
     lr: LrOpt = None,
     seed: SeedOpt = None,
     out: OutOpt = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out from its last checkpoint (refused if there is none).")
+    ] = False,
+    resume_or_start: Annotated[
+        bool, typer.Option(help="Continue the run in --out if there is one, else start it.")
+    ] = False,
     precision: PrecisionOpt = None,
     devices: DevicesOpt = None,
     strategy: StrategyOpt = None,
@@ -128,15 +197,18 @@ def train(
 
     def job():
         cfg = _build_config(
-            config, set_, data=data, model=model, backbone=backbone, loss=loss, pap_params=pap_params,
-            pretrained_backbone=pretrained_backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
-            lr=lr, seed=seed, out=out, precision=precision, devices=devices, strategy=strategy,
-            accelerator=accelerator,
+            config, set_, data=data, val_data=val_data, test_data=test_data, val_fraction=val_fraction,
+            allow_train_as_val=allow_train_as_val or None, model=model, backbone=backbone, loss=loss,
+            pap_params=pap_params, pretrained_backbone=pretrained_backbone, epochs=epochs, batch_size=batch_size,
+            image_size=image_size, lr=lr, seed=seed, out=out, precision=precision, devices=devices,
+            strategy=strategy, accelerator=accelerator,
         )
         _seed_weights(weights_dir)
-        return train_run(cfg, resume=resume)
+        return train_run(cfg, resume=resume, resume_or_start=resume_or_start)
 
     result = _run(job)
+    if not result.is_primary:  # data-parallel ranks other than 0 stay quiet
+        return
     if result.report is not None or result.metrics:
         _print_metrics(result.metrics)
         typer.echo(f"run: {result.run_dir}" + (f"  report: {result.report}" if result.report else ""))
@@ -146,16 +218,24 @@ def train(
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A .ckpt written by detlosses train.")],
     data: DataOpt = None,
-    split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the run's val split).")] = None,
-    out: OutOpt = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split to evaluate: 'test' is the run's test data (its --test-data, else --data at the "
+                          "'test' split); another name reads --data (or the run's data) at that split (default: "
+                          "the run's validation data)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: <run>/eval).")] = None,
     batch_size: BatchOpt = None,
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
+    allow_train_as_val: Annotated[
+        bool, typer.Option("--allow-train-as-val", help="Evaluate on training images of the run, on purpose.")
+    ] = False,
 ) -> None:
     """Evaluate a checkpoint: metrics.json (COCO AP and LRP) and report.md."""
     from .training import evaluate_checkpoint
 
     result = _run(lambda: evaluate_checkpoint(checkpoint, data=data, split=split, out=out, batch_size=batch_size,
-                                              accelerator=accelerator))
+                                              accelerator=accelerator, allow_train_as_val=allow_train_as_val))
     _print_metrics(result.metrics)
     typer.echo(f"metrics: {result.run_dir / 'metrics.json'}" + (f"  report: {result.report}" if result.report else ""))
 
@@ -178,6 +258,9 @@ def compare(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
+    val_data: ValDataOpt = None,
+    val_fraction: ValFractionOpt = None,
+    allow_train_as_val: AllowTrainAsValOpt = False,
     model: ModelOpt = None,
     backbone: BackboneOpt = None,
     pretrained_backbone: PretrainedOpt = None,
@@ -186,12 +269,17 @@ def compare(
     batch_size: BatchOpt = None,
     image_size: SizeOpt = None,
     lr: LrOpt = None,
-    out: OutOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/compare).")] = None,
     precision: PrecisionOpt = None,
     devices: DevicesOpt = None,
+    strategy: StrategyOpt = None,
     accelerator: AcceleratorOpt = None,
 ) -> None:
-    """Train the same detector on the same data with several losses and seeds; write comparison.md."""
+    """Train the same detector on the same data with several losses and seeds; write comparison.md.
+
+    Finished runs in --out are reused (and unfinished ones resumed) only when they were trained with the
+    same data and settings.
+    """
     from .models import LOSS_NAMES
     from .training import compare as compare_runs
 
@@ -203,14 +291,18 @@ def compare(
 
     def job():
         cfg = _build_config(
-            config, set_, data=data, model=model, backbone=backbone, pretrained_backbone=pretrained_backbone,
-            epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-            out=out or Path("runs/compare"), precision=precision, devices=devices, accelerator=accelerator,
+            config, set_, data=data, val_data=val_data, val_fraction=val_fraction,
+            allow_train_as_val=allow_train_as_val or None, model=model, backbone=backbone,
+            pretrained_backbone=pretrained_backbone, epochs=epochs, batch_size=batch_size, image_size=image_size,
+            lr=lr, out=out or Path("runs/compare"), precision=precision, devices=devices, strategy=strategy,
+            accelerator=accelerator,
         )
         _seed_weights(weights_dir)
         return compare_runs(cfg, loss_list, seed_list, cfg.out)
 
     path, runs = _run(job)
+    if path is None:  # a data-parallel rank other than 0
+        return
     typer.echo("")
     typer.echo(path.read_text())
     typer.echo(f"comparison: {path}")
@@ -273,8 +365,18 @@ def search(
     typer.echo(f"params file: {result.best_params}  (detlosses train --loss pap --pap-params {result.best_params})")
 
 
+def _widen_help() -> None:
+    """Rich squeezes help to 80 columns when standard output is not a terminal: use :data:`HELP_WIDTH`
+    there (``TERMINAL_WIDTH`` / ``COLUMNS`` still win when set)."""
+    import typer.rich_utils as rich_utils
+
+    if rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS") and not sys.stdout.isatty():
+        rich_utils.MAX_WIDTH = HELP_WIDTH
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detlosses`` script."""
+    _widen_help()
     try:
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:

@@ -139,6 +139,9 @@ def test_two_process_ddp_training_stays_in_sync(tmp_path):
             "--set", "fpn_channels=32"]
     done = subprocess.run(_cli(*args), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()  # the final metrics and run lines come from rank 0 only
+    assert sum(line.startswith("run: ") for line in lines) == 1, done.stdout
+    assert sum(line.startswith("AP ") for line in lines) == 1, done.stdout
     check = json.loads((out / "distributed_check.json").read_text())
     assert check["world_size"] == 2 and check["identical"], check
     assert check["ranks"][0]["loss_state"]["sb_weight"] != 50.0
