@@ -14,7 +14,9 @@ of each loss (``focal``, ``ap``, ``alrp``, ``rank_sort``, ``pap``, ``ghm``; inpu
   inside one already counted is not counted again (``aten::item`` -> ``_local_scalar_dense`` is
   one sync). The list:
 
-  - ``aten::_local_scalar_dense``: ``Tensor.item()``, ``float()``, ``int()`` of a tensor;
+  - ``aten::_local_scalar_dense``: ``Tensor.item()``, ``float()``, ``int()`` of a tensor (except
+    the read of the value inside ``index_put_`` with a boolean mask, ``t[mask] = 0.5``: that
+    dispatches to ``masked_fill_`` only for a one-element CPU value, a host read, no sync);
   - ``aten::is_nonzero``: ``bool()`` of a tensor (``if tensor:``);
   - ``aten::nonzero``: also inside boolean-mask indexing (``aten::index``, ``aten::index_put_``),
     ``torch.where(cond)``, ``argwhere`` (``nonzero_static`` does not sync and is not counted);
@@ -141,9 +143,21 @@ def _subtree_has(event, name: str) -> bool:
     return False
 
 
+def _is_masked_fill_dispatch(event) -> bool:
+    """``index_put_`` with a boolean mask and a one-element value on the CPU (``t[mask] = 0.5``)
+    runs ``masked_fill_(mask, value.item())``: the ``item`` reads a host scalar, no device sync."""
+    parent = event.cpu_parent
+    if parent is None or parent.name != "aten::item":
+        return False
+    grandparent = parent.cpu_parent
+    return grandparent is not None and grandparent.name == "aten::_index_put_impl_"
+
+
 def is_sync_event(event) -> bool:
     """Whether this profiler event is a host-synchronising operator (by itself)."""
     name = event.name
+    if name == HOST_SCALAR_READ and _is_masked_fill_dispatch(event):
+        return False
     if name in SYNC_OPS or name.startswith(SYNC_PREFIXES):
         return True
     if name in CONDITIONAL_SYNC_OPS:
@@ -331,6 +345,71 @@ def measure_loss(name: str, b: dict[str, torch.Tensor], validate: bool = True) -
         return count_operators(fn)
 
 
+# ------------------------------------------------------------------------------------- criteria
+CRITERIA = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm", "iou_balanced")
+
+
+def fake_detection_batch(images: int = 2, anchors: int = 20_000, classes: int = 3, objects: int = 4,
+                         positives: int = 50, seed: int = 0, device: str | torch.device = "cpu") -> dict:
+    """What a RetinaNet head hands its criterion: targets, head outputs, anchors, matcher results.
+
+    ``positives`` anchors per image are matched to an object (anchors near its box), 2 % are
+    ignored (``-2``) and the rest background (``-1``); the head outputs are leaves.
+    """
+    from torchvision.models.detection._utils import BoxCoder
+
+    g = torch.Generator().manual_seed(seed)
+    size = 512.0
+    xy = torch.rand(images, anchors, 2, generator=g) * (size - 64)
+    anchor_boxes = torch.cat([xy, xy + 16 + 48 * torch.rand(images, anchors, 2, generator=g)], dim=-1)
+    targets, matched = [], []
+    for b in range(images):
+        obj_xy = torch.rand(objects, 2, generator=g) * (size - 128)
+        boxes = torch.cat([obj_xy, obj_xy + 32 + 64 * torch.rand(objects, 2, generator=g)], dim=1)
+        labels = torch.randint(0, classes, (objects,), generator=g)
+        idx = torch.full((anchors,), -1, dtype=torch.long)
+        order = torch.randperm(anchors, generator=g)
+        pos, ign = order[:positives], order[positives: positives + anchors // 50]
+        idx[pos] = torch.randint(0, objects, (positives,), generator=g)
+        idx[ign] = -2
+        # positive anchors: their object's box, jittered
+        anchor_boxes[b, pos] = boxes[idx[pos]] + 4 * torch.randn(positives, 4, generator=g)
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+        matched.append(idx.to(device))
+    from math import log
+
+    head = {
+        "cls_logits": (log(0.01 / 0.99) + 0.5 * torch.randn(images, anchors, classes, generator=g)).to(device),
+        "bbox_regression": (0.1 * torch.randn(images, anchors, 4, generator=g)).to(device),
+    }
+    return {"targets": targets, "head": head, "anchors": [a.to(device) for a in anchor_boxes], "matched": matched,
+            "box_coder": BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))}
+
+
+def criterion_call(name: str, fake: dict, **options) -> Callable[[], None]:
+    """One training step's loss: ``DenseAssignment.from_matches`` + the criterion + backward."""
+    from detlosses.models import DenseAssignment, build_criterion
+
+    criterion = build_criterion(name, **options).to(fake["head"]["cls_logits"].device).train()
+
+    def run() -> None:
+        head = {k: _leaf(v) for k, v in fake["head"].items()}
+        batch = DenseAssignment.from_matches(fake["targets"], head, fake["anchors"], fake["matched"],
+                                             fake["box_coder"])
+        losses = criterion(batch)
+        losses["loss"].backward()
+        criterion.extra_logs()
+
+    return run
+
+
+def measure_criterion(name: str, fake: dict, validate: bool = True) -> OperatorCount:
+    """The counts of one warm training-step loss of detector criterion ``name``."""
+    fn = criterion_call(name, fake)
+    with validation(validate):
+        return count_operators(fn)
+
+
 # ------------------------------------------------------------------------------------- driver
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """``"1000000x1000,1e5x100"`` -> ``[(1000000, 1000), (100000, 100)]``."""
@@ -386,6 +465,17 @@ def run(sizes: list[tuple[int, int]], losses: tuple[str, ...], device: str | tor
     }
 
 
+def run_criteria(names: tuple[str, ...], device: str | torch.device = "cpu") -> list[dict]:
+    """Counts of each detector criterion on :func:`fake_detection_batch` (validation on)."""
+    fake = fake_detection_batch(device=device)
+    records = []
+    for name in names:
+        count = measure_criterion(name, fake)
+        records.append({"criterion": name, "counts": count.as_dict()})
+        print(f"| {name} | {count.top_level} | {count.syncs} | {_sync_names(count.as_dict())} |", flush=True)
+    return records
+
+
 def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
@@ -423,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of " + ",".join(LOSSES))
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per loss on CUDA")
+    parser.add_argument("--criteria", default="", help="also count the detector criteria (comma-separated, or 'all')"
+                        " on a fake RetinaNet batch: assignment + criterion + backward")
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     args = parser.parse_args(argv)
@@ -441,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
           f"call per loss; validation switch: {'yes' if validation_switch() else 'not in this detlosses'}")
     print("\n".join(header(device.type == "cuda")))
     result = run(parse_sizes(args.sizes), losses, device, args.repeats)
+    criteria = CRITERIA if args.criteria == "all" else tuple(c for c in args.criteria.split(",") if c)
+    if criteria:
+        print("\n| criterion | top-level ops | syncs | sync operators |\n|---|---|---|---|")
+        result["criteria"] = run_criteria(criteria, device)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

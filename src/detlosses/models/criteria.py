@@ -20,11 +20,17 @@ name                    classification + localisation
 
 All normalisations use the number of positives of the whole batch — under data parallelism, of
 every rank's batch (so every component, and Rank & Sort's self-balance weight, is the union's).
+
+Every value stays on the device: normalisers, the box loss and the self-balance weights are
+tensors (``clamp(min=1)``, ``torch.where``), never ``float(...)``/``.item()`` of a device tensor;
+:meth:`DetectionCriterion.extra_logs` returns tensors, which the training module hands to
+Lightning's ``self.log`` (read on the host at the logging interval only). Beyond what the losses
+themselves need, a criterion call costs one host sync: the enumeration of the positives
+(:attr:`~detlosses.models.assignment.DenseAssignment.positive_index`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -59,20 +65,25 @@ class DetectionCriterion(nn.Module):
         """Called once at the end of every training epoch; returns values to log."""
         return {}
 
-    def extra_logs(self) -> dict[str, float]:
-        """Values to log with every training step (e.g. a self-balance weight)."""
+    def extra_logs(self) -> dict[str, Tensor | float]:
+        """Values to log with every training step (e.g. a self-balance weight).
+
+        Tensors stay on the device (no host read per step); Lightning reads them when it logs.
+        """
         return {}
 
 
 def _positive_mean(local_sum: Tensor, batch: DenseAssignment) -> Tensor:
-    """A sum over the positives of the whole batch divided by their number.
+    """A sum over the positives of the whole batch divided by their number (at least 1).
 
     Under data parallelism both are the union's (the sum's gradient is scaled for DDP's averaging),
-    so every rank normalises by the global number of positives.
+    so every rank normalises by the global number of positives. The count stays on the device.
     """
     context = resolve_context()
-    count = float(context.all_reduce_sum(torch.tensor(float(batch.num_positives), dtype=torch.float64)))
-    return union_sum(local_sum, context) / max(1.0, count)
+    count = context.all_reduce_sum(batch.positive_count(torch.float64)).clamp(min=1)
+    total = union_sum(local_sum, context)
+    compute = torch.promote_types(total.dtype, torch.float32)
+    return (total.to(compute) / count.to(device=total.device, dtype=compute)).to(total.dtype)
 
 
 def _check_box_loss(box_loss: str) -> str:
@@ -98,11 +109,12 @@ class FocalCriterion(DetectionCriterion):
         self.alpha, self.gamma, self.box_loss = float(alpha), float(gamma), _check_box_loss(box_loss)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
-        valid = batch.valid_mask
-        targets = batch.class_targets(batch.cls_logits.dtype)
-        cls = _positive_mean(sigmoid_focal_loss(
-            batch.cls_logits[valid], targets[valid], alpha=self.alpha, gamma=self.gamma, reduction="sum"
-        ), batch)
+        # every element, ignored anchors masked out (boolean indexing would sync, forward and backward)
+        valid = batch.valid_mask.unsqueeze(-1)
+        targets = batch.class_targets(batch.cls_logits.dtype).clamp(min=0)
+        per_element = sigmoid_focal_loss(batch.cls_logits, targets, alpha=self.alpha, gamma=self.gamma,
+                                         reduction="none")
+        cls = _positive_mean(torch.where(valid, per_element, 0.0).sum(), batch)
         if _delta_box_loss(self.box_loss, batch):
             box = _positive_mean(F.l1_loss(batch.positive_deltas, batch.positive_target_deltas(), reduction="sum"),
                                  batch)
@@ -151,8 +163,9 @@ class ALRPCriterion(DetectionCriterion):
     def epoch_end(self) -> dict[str, float]:
         return {"sb_weight": self.alrp.end_epoch()}
 
-    def extra_logs(self) -> dict[str, float]:
-        return {"sb_weight": self.alrp.weight}
+    def extra_logs(self) -> dict[str, Tensor]:
+        # the buffer itself (ALRPLoss.weight would read it on the host every step)
+        return {"sb_weight": self.alrp.self_balance.weight.detach()}
 
 
 class RankSortCriterion(DetectionCriterion):
@@ -163,7 +176,7 @@ class RankSortCriterion(DetectionCriterion):
     def __init__(self, delta: float = 0.5) -> None:
         super().__init__()
         self.delta = float(delta)
-        self.last_weight = float("nan")
+        self.last_weight: Tensor | None = None  # the last step's self-balance weight (on the device)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         pred_boxes = batch.positive_pred_boxes()
@@ -176,17 +189,20 @@ class RankSortCriterion(DetectionCriterion):
         with torch.no_grad():
             scores = batch.cls_logits.detach().reshape(-1, batch.num_classes)[batch.positive_index]
             weights = torch.sigmoid(scores.float()).max(dim=1).values.to(giou.dtype)
-            total_weight = float(context.all_reduce_sum(weights.sum().to(torch.float64)))
+            total_weight = context.all_reduce_sum(weights.sum().to(torch.float64))
+            total_weight = torch.where(total_weight > 1e-10, total_weight, 1.0).to(giou.dtype)
         # over the positives of every rank; so the self-balance weight below is the same on every rank
-        box = union_sum((weights * giou).sum(), context) / (total_weight if total_weight > 1e-10 else 1.0)
-        box_value = float(box.detach())
-        balance = float((ranking + sorting).detach()) / box_value if box_value > 0 else 0.0
+        box = union_sum((weights * giou).sum(), context) / total_weight
+        with torch.no_grad():  # lambda = (L_rank + L_sort) / L_box (0 when L_box is not positive), in float64
+            box_value = box.detach().to(torch.float64)
+            ranking_value = (ranking + sorting).detach().to(device=box_value.device, dtype=torch.float64)
+            balance = torch.where(box_value > 0, ranking_value / box_value, 0.0)
         self.last_weight = balance
-        box = box * balance
+        box = box * balance.to(box.dtype)
         return {"loss": ranking + sorting + box, "loss_rank": ranking, "loss_sort": sorting, "loss_box": box}
 
-    def extra_logs(self) -> dict[str, float]:
-        return {} if math.isnan(self.last_weight) else {"sb_weight": self.last_weight}
+    def extra_logs(self) -> dict[str, Tensor]:
+        return {} if self.last_weight is None else {"sb_weight": self.last_weight}
 
 
 class PAPCriterion(DetectionCriterion):
@@ -214,7 +230,7 @@ class PAPCriterion(DetectionCriterion):
         return {"loss": loss, "loss_pap": loss}
 
     def extra_logs(self) -> dict[str, float]:
-        return {"reg_weight": self.pap.reg_weight}
+        return {"reg_weight": self.pap.reg_weight}  # a host float: no device read
 
 
 class GHMCriterion(DetectionCriterion):
@@ -251,10 +267,10 @@ class GHMCriterion(DetectionCriterion):
         deltas = batch.positive_deltas
         box = self.ghmr(deltas, batch.positive_target_deltas().to(deltas.dtype), torch.ones_like(deltas))
         if self.training:
-            with torch.no_grad():
-                g = (torch.sigmoid(logits.detach().float()) - targets.clamp(min=0)).abs()[valid > 0]
+            with torch.no_grad():  # counts of the valid elements per bin, on the device (no bincount/mask sync)
+                g = (torch.sigmoid(logits.detach().float()) - targets.clamp(min=0)).abs()
                 index = (g * self.ghmc.bins).long().clamp_(0, self.ghmc.bins - 1)
-                self.histogram += torch.bincount(index, minlength=self.ghmc.bins).to(self.histogram)
+                self.histogram.index_add_(0, index.reshape(-1), valid.reshape(-1).to(self.histogram.dtype))
         return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
 
     def histogram_edges(self) -> list[float]:

@@ -1,5 +1,14 @@
 """LightningModule: a torchvision detector trained with a detlosses criterion, evaluated with
-COCO AP and LRP at the end of every validation epoch."""
+COCO AP and LRP at the end of every validation epoch.
+
+A training step reads nothing back from the device: the loss components and the criterion's
+extra values (self-balance weights) are logged as tensors, which Lightning reads on the host only
+every ``log_every_n_steps`` steps; the check that the loss is finite is accumulated on the device
+and read at that same interval (and at the end of every epoch), so a non-finite loss raises
+:class:`FloatingPointError` within ``log_every_n_steps`` steps, naming the first step where it
+happened. The search's abort rule (``abort_on_divergence``) is the exception: it reads the loss
+every step, since it must skip the optimiser step of a diverged loss.
+"""
 
 from __future__ import annotations
 
@@ -65,6 +74,12 @@ class DetectionModule(pl.LightningModule):
         self.run_dir: str | None = None
         self.diverged = False
         self._stuck_iterations = 0
+        # first step with a non-finite loss (-1: none yet) and the loss components at that step,
+        # kept on the device and read every log_every_n_steps steps
+        self._nonfinite_step: Tensor | None = None
+        self._nonfinite_components: Tensor | None = None
+        self._component_names: tuple[str, ...] = ()
+        self._steps_since_check = 0
 
     # ------------------------------------------------------------------ training
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -78,28 +93,66 @@ class DetectionModule(pl.LightningModule):
             self.diverged = True
             self.trainer.should_stop = True
             return None  # no optimiser step
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss {float(loss)} at step {self.global_step} "
-                f"(components: { {k: float(v) for k, v in losses.items()} })"
-            )
+        self._watch_finite(losses)
         batch_size = len(images)
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "loss",
                      batch_size=batch_size, sync_dist=False)
         for name, value in self.criterion.extra_logs().items():
-            self.log(f"train/{name}", float(value), on_step=True, on_epoch=False, batch_size=batch_size)
+            value = value.detach() if isinstance(value, Tensor) else float(value)  # tensors stay on the device
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
 
     def _diverging(self, loss: Tensor) -> bool:
-        """The search's abort rule: a NaN loss, or a loss at 1.0 for more than 50 iterations."""
-        if not torch.isfinite(loss):
+        """The search's abort rule: a NaN loss, or a loss at 1.0 for more than 50 iterations.
+
+        One host read of the loss per step (the rule skips the optimiser step of a diverged loss).
+        """
+        value = float(loss.detach())
+        if not math.isfinite(value):
             return True
-        if abs(float(loss.detach()) - 1.0) < 1e-6:
+        if abs(value - 1.0) < 1e-6:
             self._stuck_iterations += 1
         return self._stuck_iterations > 50
 
+    def _log_interval(self) -> int:
+        try:
+            return max(1, int(self.trainer.log_every_n_steps))
+        except (RuntimeError, AttributeError, TypeError):  # not attached to a trainer
+            return 1
+
+    @torch.no_grad()
+    def _watch_finite(self, losses: dict[str, Tensor]) -> None:
+        """Remember, on the device, the first step with a non-finite loss; check every log interval."""
+        loss = losses["loss"].detach()
+        names = tuple(losses)
+        components = torch.stack([v.detach().reshape(()).to(device=loss.device, dtype=torch.float64)
+                                  for v in losses.values()])
+        if self._nonfinite_step is None or self._component_names != names:
+            self._nonfinite_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self._nonfinite_components = torch.zeros_like(components)
+            self._component_names = names
+        first = (~torch.isfinite(loss)) & (self._nonfinite_step < 0)
+        self._nonfinite_step = torch.where(first, self.global_step, self._nonfinite_step)
+        self._nonfinite_components = torch.where(first, components, self._nonfinite_components)
+        self._steps_since_check += 1
+        if self._steps_since_check >= self._log_interval():
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Raise if a non-finite loss was seen since training started (one host read)."""
+        self._steps_since_check = 0
+        if self._nonfinite_step is None:
+            return
+        step = int(self._nonfinite_step)
+        if step >= 0:
+            values = dict(zip(self._component_names, self._nonfinite_components.tolist(), strict=True))
+            raise FloatingPointError(
+                f"non-finite training loss {values.get('loss')} at step {step} (components: {values})"
+            )
+
     def on_train_epoch_end(self) -> None:
+        self._check_finite()
         for name, value in self.criterion.epoch_end().items():
             self.log(f"train/{name}", float(value), on_step=False, on_epoch=True)
         histogram = getattr(self.criterion, "last_histogram", None)
