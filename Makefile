@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.losses --sizes full --json benchmarks/results/losses.json --markdown benchmarks/results/losses.md
-	$(PY) -m benchmarks.launches --sizes 100000x100,1000000x1000 --json benchmarks/results/launches.json \
+	$(PY) -m benchmarks.launches --sizes 100000x100,1000000x1000 --criteria all --json benchmarks/results/launches.json \
 		--markdown benchmarks/results/launches.md
 
 lint: $(STAMP)

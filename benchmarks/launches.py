@@ -40,7 +40,13 @@ of each loss (``focal``, ``ap``, ``alrp``, ``rank_sort``, ``pap``, ``ghm``; inpu
 
 Counts are taken on the second call (the first warms caches) and are deterministic for given
 inputs. Every count is taken with input validation on (the default) and, when
-``detlosses.set_validate_args`` exists, with it off.
+``detlosses.set_validate_args`` exists, with it off. ``--criteria`` also counts the detector
+criteria (:mod:`detlosses.models.criteria`) on a fake RetinaNet batch: one training step's
+``DenseAssignment.from_matches`` + criterion + backward (+ ``extra_logs``).
+
+The CPU count is a proxy: it flags an operator that *would* sync on CUDA. A ``.item()`` of a
+tensor that lives on the host even in a CUDA run (a count built with ``torch.tensor(n)``) is
+counted all the same; the CUDA columns (``cuda_syncs``) count what really blocked the host.
 
 :func:`count_operators` is importable (``tests/benchmarks`` pins the counts)::
 
@@ -52,6 +58,7 @@ Usage::
     python -m benchmarks.launches                       # N = 1e6, P = 1000, CPU
     python -m benchmarks.launches --sizes 100000x100,1000000x1000 --json out.json --markdown out.md
     python -m benchmarks.launches --device cuda         # + kernel launches and time vs focal
+    python -m benchmarks.launches --sizes 1e5x100 --criteria all
 """
 
 from __future__ import annotations
@@ -266,15 +273,13 @@ def count_host_reads() -> Iterator[Counter]:
                 setattr(torch.Tensor, name, original)
 
 
-def count_operators(fn: Callable[[], object], *, warmup: bool = True, cuda: bool | None = None) -> OperatorCount:
+def count_operators(fn: Callable[[], object], *, warmup: bool = True, cuda: bool = False) -> OperatorCount:
     """Profile one call of ``fn`` (after a warm-up call) and count its operators and syncs.
 
-    ``cuda=None`` adds the CUDA activity (kernels, launches) whenever CUDA is available.
+    ``cuda=True`` also records the CUDA activity (kernel launches, kernels, CUDA syncs, copies).
     """
     if warmup:
         fn()
-    if cuda is None:
-        cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     if cuda:
         torch.cuda.synchronize()
@@ -342,7 +347,7 @@ def measure_loss(name: str, b: dict[str, torch.Tensor], validate: bool = True) -
     """The counts of one warm call of loss ``name`` (validation on or off)."""
     fn = loss_call(name, b)
     with validation(validate):
-        return count_operators(fn)
+        return count_operators(fn, cuda=b["logits"].is_cuda)
 
 
 # ------------------------------------------------------------------------------------- criteria
@@ -407,7 +412,7 @@ def measure_criterion(name: str, fake: dict, validate: bool = True) -> OperatorC
     """The counts of one warm training-step loss of detector criterion ``name``."""
     fn = criterion_call(name, fake)
     with validation(validate):
-        return count_operators(fn)
+        return count_operators(fn, cuda=fake["head"]["cls_logits"].is_cuda)
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -472,7 +477,7 @@ def run_criteria(names: tuple[str, ...], device: str | torch.device = "cpu") -> 
     for name in names:
         count = measure_criterion(name, fake)
         records.append({"criterion": name, "counts": count.as_dict()})
-        print(f"| {name} | {count.top_level} | {count.syncs} | {_sync_names(count.as_dict())} |", flush=True)
+        print(_criterion_row(records[-1]), flush=True)
     return records
 
 
@@ -502,9 +507,20 @@ def _row(r: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+CRITERIA_HEADER = ["| criterion | top-level ops | syncs | sync operators |", "|---|---|---|---|"]
+
+
+def _criterion_row(r: dict) -> str:
+    c = r["counts"]
+    return f"| {r['criterion']} | {c['top_level']} | {c['syncs']} | {_sync_names(c)} |"
+
+
 def to_markdown(result: dict) -> str:
     cuda = result["device"].startswith("cuda")
-    return "\n".join(header(cuda) + [_row(r) for r in result["records"]]) + "\n"
+    lines = header(cuda) + [_row(r) for r in result["records"]]
+    if result.get("criteria"):
+        lines += [""] + CRITERIA_HEADER + [_criterion_row(r) for r in result["criteria"]]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -535,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(parse_sizes(args.sizes), losses, device, args.repeats)
     criteria = CRITERIA if args.criteria == "all" else tuple(c for c in args.criteria.split(",") if c)
     if criteria:
-        print("\n| criterion | top-level ops | syncs | sync operators |\n|---|---|---|---|")
+        print("\n" + "\n".join(CRITERIA_HEADER))
         result["criteria"] = run_criteria(criteria, device)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -170,10 +170,13 @@ def test_validation_switch_is_used_when_present(monkeypatch):
 
 def test_command_line_writes_json_and_markdown(tmp_path, capsys):
     out, table = tmp_path / "launches.json", tmp_path / "launches.md"
-    assert main(["--sizes", "2000x5", "--losses", "focal,ap", "--json", str(out),
-                          "--markdown", str(table)]) == 0
+    assert main(["--sizes", "2000x5", "--losses", "focal,ap", "--criteria", "focal", "--json", str(out),
+                 "--markdown", str(table)]) == 0
     result = json.loads(out.read_text())
     assert [r["loss"] for r in result["records"]] == ["focal", "ap"]
     assert result["records"][0]["validate"]["top_level"] == PINNED["focal"][0]
     assert table.read_text().startswith("| loss | N | P | top-level ops | syncs |")
+    assert "| criterion |" in table.read_text()
+    # the focal criterion: the positives' enumeration is its one sync
+    assert result["criteria"][0]["counts"]["sync_ops"] == {"aten::nonzero": 1}
     assert parse_sizes("1e5x100, 1000000x1000") == [(100_000, 100), (1_000_000, 1000)]
