@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.data.conftest import build_coco
 from typer.testing import CliRunner
 
 from detlosses.cli import _print_metrics, app
-from tests.data.conftest import build_coco
 
 HEAVY = ("torch", "torchvision", "lightning", "matplotlib", "faster_coco_eval", "optuna")
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.data.conftest import build_coco, build_voc
 
 from detlosses.training import DetectionDataModule, TrainConfig
-from tests.data.conftest import build_coco, build_voc
 
 FAST = dict(image_size=64, batch_size=2, epochs=1, fpn_channels=32, progress_bar=False)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tests.data.conftest import build_coco
 
 from detlosses.training import TrainConfig, compare, evaluate_checkpoint, quiet_lightning, train
-from tests.data.conftest import build_coco
 
 TINY = dict(data="synthetic:images=8,size=64", image_size=64, batch_size=4, epochs=2, warmup_iters=1,
             fpn_channels=32, progress_bar=False, log_every=1, lr=0.005)
