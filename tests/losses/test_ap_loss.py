@@ -30,7 +30,8 @@ def test_matches_dense_reference(batch, delta, interpolate):
 
 
 @pytest.mark.parametrize("n, p, delta", [(100_000, 40, 1.0), (70_000, 300, 0.0), (60_000, 5, 0.5)])
-def test_large_batches_use_the_grid_and_stay_exact(n, p, delta):
+def test_large_batches_use_the_grid_and_stay_exact(n, p, delta, monkeypatch):
+    monkeypatch.setattr("detlosses.ranking.engine._GRID_MIN_POINTS", 32_768)
     g = torch.Generator().manual_seed(n)
     logits = -4.6 + 0.4 * torch.randn(n, generator=g, dtype=torch.float64)
     logits = torch.round(logits * 64) / 64  # many exact ties and exact +-delta differences

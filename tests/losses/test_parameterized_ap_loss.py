@@ -17,8 +17,6 @@ from detlosses.losses.pap_params import (
     resolve_params,
     save_pap_params,
 )
-from detlosses.ranking import SortedWindows, control_point_kernel
-from detlosses.ranking.kernel_sum import WindowEvaluator, kernel_sum
 
 from . import reference
 from .strategies import ranking_batches
@@ -87,20 +85,26 @@ def test_released_topk_cut():
     compare(logits, targets, ious, "retinanet", topk=1000)
 
 
-def test_kernel_sum_gradcheck():
+@pytest.mark.parametrize("form", ["retinanet", "linear", "square", "sigmoid", "four_functions"])
+def test_written_out_gradients_pass_gradcheck(form):
+    """The explicit gradients against finite differences: w.r.t. the ious for every form, and
+    w.r.t. the logits (as points and as queries) where ``H1`` is the exact step, whose detached
+    derivative is 0 anyway (elsewhere ``H1`` is detached by definition; the dense reference test
+    checks those gradients)."""
     g = torch.Generator().manual_seed(0)
-    points = torch.randn(40, generator=g, dtype=torch.float64)
-    weights = torch.rand(40, generator=g, dtype=torch.float64)
-    queries = torch.randn(7, generator=g, dtype=torch.float64)
-    kernel = control_point_kernel(*PAPParams("searched", RETINANET).function("H2"))
+    logits = torch.randn(60, generator=g, dtype=torch.float64)
+    targets = (torch.rand(60, generator=g) < 0.2).long()
+    targets[torch.rand(60, generator=g) < 0.1] = -1
+    targets[:2] = 1
+    ious = 0.05 + 0.9 * torch.rand(60, generator=g, dtype=torch.float64)
 
-    def f(x, w, q):
-        windows = SortedWindows.for_kernel(q.detach(), kernel)
-        bucketed = windows.points(windows.bucketize(x.detach()), x.detach())
-        return kernel_sum(x, w, q, WindowEvaluator(windows, bucketed, kernel))
+    params = PAPParams("searched", RETINANET[:4]) if form == "four_functions" else form
 
-    inputs = (points.requires_grad_(), weights.requires_grad_(), queries.requires_grad_())
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-6)
+    def f(x, u):
+        return detlosses.parameterized_ap_loss(x, targets, u, params=params, reg_weight=1.0)
+
+    logits.requires_grad_(form == "four_functions")
+    assert torch.autograd.gradcheck(f, (logits, ious.requires_grad_()), eps=1e-7, atol=1e-6)
 
 
 def test_gradcheck_wrt_ious():

@@ -18,7 +18,7 @@ def keyword_defaults(fn):
 
 
 def test_functional_signatures():
-    assert keyword_defaults(detlosses.ap_loss) == {"delta": 1.0, "interpolate": True, "distributed": None}
+    assert keyword_defaults(detlosses.ap_loss) == {"delta": 1.0, "interpolate": True, "distributed": False}
     assert keyword_defaults(detlosses.alrp_loss)["delta"] == 1.0
     assert keyword_defaults(detlosses.rank_sort_loss)["delta"] == 0.5
     pap = keyword_defaults(detlosses.parameterized_ap_loss)

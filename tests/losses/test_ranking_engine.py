@@ -7,65 +7,85 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detlosses.ranking import SortedWindows, control_point_kernel, smoothed_step, square_kernel
+from detlosses.ranking import HingeKernels, Windows, control_point_kernel, smoothed_step, square_kernel
 from detlosses.ranking.kernels import PiecewisePolynomialKernel
 
-KERNELS = {
-    "step": smoothed_step(0.0),
-    "smoothed": smoothed_step(0.5),
-    "control": control_point_kernel([0, 0.3, 0.3, 0.5, 0.9, 1], [0, 0.1, 0.4, 0.4, 0.95, 1]),
-    "square": square_kernel(),
+STEP_CLOSED = PiecewisePolynomialKernel((0.0,), ((0.0, 0.0, 0.0), (0.5, 0.0, 0.0)), closed_right=True)
+STEP_OPEN = PiecewisePolynomialKernel((0.0,), ((0.0, 0.0, 0.0), (0.5, 0.0, 0.0)), closed_right=False)
+CONTROL = control_point_kernel([0, 0.3, 0.3, 0.5, 0.9, 1], [0, 0.1, 0.4, 0.4, 0.95, 1])
+BANKS = {
+    "step": (smoothed_step(0.0),),
+    "smoothed": (smoothed_step(0.5),),
+    "control+derivative": (CONTROL, CONTROL.derivative()),
+    "square": (square_kernel(), square_kernel().derivative()),
+    "half-open steps": (STEP_CLOSED, STEP_OPEN),
+    "shifted": (PiecewisePolynomialKernel((-0.25, 0.5), ((0.3, 0, 0), (0.3, 1.0, -0.5), (0.55, 0, 0))),),
 }
 
 
+@pytest.fixture
+def small_grid(monkeypatch):
+    """Use the CPU bucketing grid from 32k points on (normally only for millions)."""
+    monkeypatch.setattr("detlosses.ranking.engine._GRID_MIN_POINTS", 32_768)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("closed_right", [False, True])
-def test_grid_bucketing_equals_binary_search_at_every_boundary(dtype, closed_right):
+def test_grid_bucketing_equals_binary_search_at_every_boundary(dtype, small_grid):
     g = torch.Generator().manual_seed(0)
     queries = torch.round(torch.randn(300, generator=g) * 8).to(dtype) / 8
-    windows = SortedWindows(queries, (-0.5, 0.0, 0.5), closed_right)
-    edges = windows.edges
+    windows = Windows(queries, HingeKernels.of(smoothed_step(0.5), STEP_CLOSED))
+    edges = windows.sorted_edges
     near = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
     points = torch.cat([near, torch.randn(100_003, generator=g).to(dtype) * 3, edges.new_tensor([-1e30, 1e30])])
     points = points[torch.randperm(points.numel(), generator=g)]
     assert points.numel() > 32_768  # exercises the grid
-    expected = torch.searchsorted(edges, points, right=closed_right)
-    torch.testing.assert_close(windows.bucketize(points), expected, rtol=0, atol=0)
+    expected = torch.searchsorted(edges, points)
+    torch.testing.assert_close(windows.bucketize(points).long(), expected, rtol=0, atol=0)
 
 
 @given(
-    kernel=st.sampled_from(sorted(KERNELS)),
+    bank=st.sampled_from(sorted(BANKS)),
     p=st.integers(1, 40),
     n=st.integers(0, 300),
     seed=st.integers(0, 10_000),
     tied=st.booleans(),
 )
-def test_sums_and_adjoint_match_dense(kernel, p, n, seed, tied):
-    k = KERNELS[kernel]
+def test_sums_and_adjoint_match_dense(bank, p, n, seed, tied):
+    kernels = BANKS[bank]
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(p, generator=g, dtype=torch.float64)
-    x = torch.randn(n, generator=g, dtype=torch.float64)
-    if tied:
+    x = torch.randn(n, generator=g, dtype=torch.float64) * 2
+    if tied:  # exact ties between points, queries and window edges
         q, x = torch.round(q * 4) / 4, torch.round(x * 4) / 4
-    w = torch.rand(n, generator=g, dtype=torch.float64)
+    keep = torch.rand(n, generator=g) < 0.8
+    w = torch.rand(p, 2, generator=g, dtype=torch.float64)
     c = torch.randn(p, generator=g, dtype=torch.float64)
-    windows = SortedWindows.for_kernel(q, k)
-    points = windows.points(windows.bucketize(x), x)
-    dense = k(x[None, :] - q[:, None])  # (P, N)
-    (sums,) = windows.query_sums(points, [k], weights=w)
-    torch.testing.assert_close(sums, dense @ w, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(windows.point_sums(points, k, c), dense.T @ c, rtol=1e-10, atol=1e-10)
+    windows = Windows(q, HingeKernels.of(*kernels))
+    points = windows.points(x, keep=keep)
+    own = windows.points(q)
+    sums = windows.query_sums([(points, None), (own, w)])  # (P, K, 1 + 2), (P, 1 + 2) for one kernel
+    if len(kernels) == 1:
+        sums = sums.unsqueeze(1)
+    for index, kernel in enumerate(kernels):
+        dense = kernel(x[None, :] - q[:, None]) * keep  # (P, N)
+        dense_own = kernel(q[None, :] - q[:, None])  # (P, P)
+        torch.testing.assert_close(sums[:, index, 0], dense.sum(1), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(sums[:, index, 1:], dense_own @ w, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(windows.point_sums(points, c, index), dense.T @ c, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(windows.point_sums(own, c, index), dense_own.T @ c, rtol=1e-10, atol=1e-10)
 
 
-def test_refined_and_mirrored_kernels_are_the_same_functions():
+def test_hinge_form_is_the_same_function():
     d = torch.linspace(-2, 2, 4001, dtype=torch.float64)
-    for k in KERNELS.values():
-        fine = k.refined(sorted(set(k.breakpoints) | {-0.7, 0.1, 0.33}))
-        torch.testing.assert_close(fine(d), k(d))
-        if not k.right_closed_at:
-            torch.testing.assert_close(k.mirrored()(-d), k(d))
-    with pytest.raises(ValueError, match="must include the kernel's own"):
-        smoothed_step(1.0).refined([0.0])
+    d = torch.cat([d, torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0, -0.4, 0.6], dtype=torch.float64)])
+    for kernels in BANKS.values():
+        hinge = HingeKernels.of(*kernels)
+        for k, kernel in enumerate(kernels):
+            value = torch.full_like(d, hinge.base[k])
+            for a, closed, alpha in zip(hinge.breakpoints, hinge.closed, hinge.alpha, strict=True):
+                above = (d >= a) if closed else (d > a)
+                value += above * sum(alpha[power][k] * (d - a) ** power for power in range(3))
+            torch.testing.assert_close(value, kernel(d), rtol=1e-12, atol=1e-12)
 
 
 def test_kernel_validation():

@@ -1,7 +1,11 @@
 """Input checks shared by the losses: every problem is a ``ValueError`` that names it.
 
 Each check costs at most a couple of passes over the input (``aminmax`` finds NaN, Inf and the
-value range at once), small next to the losses themselves.
+value range at once), small next to the losses themselves. The ranking losses fuse all their
+checks into the one host read they need anyway (the number of positives), see
+:mod:`detlosses.losses._ranking`. :func:`set_validate_args` turns the value checks off for speed,
+as ``torch.distributions.Distribution.set_default_validate_args`` does (on by default); shape,
+dtype and option checks, which cost nothing, always run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "set_validate_args",
+    "validate_args_enabled",
     "check_tensor",
     "check_finite",
     "check_same_shape",
@@ -20,6 +26,25 @@ __all__ = [
     "check_unit_interval",
     "check_nonnegative_scalar",
 ]
+
+
+_VALIDATE_ARGS = True
+
+
+def set_validate_args(value: bool) -> None:
+    """Turn the checks of input *values* (NaN, Inf, target ranges) on or off for every loss.
+
+    On by default. Off saves a few reductions per call; bad values then give undefined results.
+    """
+    global _VALIDATE_ARGS
+    if value not in (True, False):
+        raise ValueError(f"set_validate_args expects True or False, got {value!r}")
+    _VALIDATE_ARGS = bool(value)
+
+
+def validate_args_enabled() -> bool:
+    """Whether the losses check the values of their inputs (see :func:`set_validate_args`)."""
+    return _VALIDATE_ARGS
 
 
 def check_tensor(value: object, name: str, *, floating: bool = False) -> Tensor:
@@ -32,7 +57,7 @@ def check_tensor(value: object, name: str, *, floating: bool = False) -> Tensor:
 
 def check_finite(values: Tensor, name: str) -> None:
     """Raise if ``values`` holds NaN or +-Inf."""
-    if values.numel() == 0 or not values.is_floating_point():
+    if not _VALIDATE_ARGS or values.numel() == 0 or not values.is_floating_point():
         return
     low, high = torch.aminmax(values.detach())
     low, high = float(low), float(high)
@@ -54,7 +79,7 @@ def check_same_shape(values: Tensor, name: str, reference: Tensor, reference_nam
 
 def check_ternary_targets(targets: Tensor, name: str = "targets") -> None:
     """Targets must be 1 (positive), 0 (negative) or -1 (ignored)."""
-    if targets.numel() == 0:
+    if not _VALIDATE_ARGS or targets.numel() == 0:
         return
     if targets.dtype == torch.bool:
         return
@@ -78,7 +103,7 @@ def check_ternary_targets(targets: Tensor, name: str = "targets") -> None:
 
 def check_continuous_targets(targets: Tensor, name: str = "targets") -> None:
     """Rank & Sort targets: ``(0, 1]`` positive (its IoU target), ``0`` negative, ``< 0`` ignored."""
-    if targets.numel() == 0:
+    if not _VALIDATE_ARGS or targets.numel() == 0:
         return
     if not targets.is_floating_point():
         low, high = (float(v) for v in torch.aminmax(targets.detach()))
@@ -95,7 +120,7 @@ def check_continuous_targets(targets: Tensor, name: str = "targets") -> None:
 
 def check_unit_interval(values: Tensor, name: str) -> None:
     """All values finite and in ``[0, 1]``."""
-    if values.numel() == 0:
+    if not _VALIDATE_ARGS or values.numel() == 0:
         return
     low, high = (float(v) for v in torch.aminmax(values.detach()))
     if math.isnan(low) or math.isnan(high):

@@ -25,60 +25,45 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..ranking import IdentityUpdateResult, LogitGradient, identity_update, smoothed_step
-from ..ranking.distributed import DistributedContext, attach_local, resolve_context
-from ..ranking.positive_windows import PositiveWindows
-from ._grad_scale import scale_gradient
+from ..distributed import resolve_context
+from ..ranking import HingeKernels, smoothed_step
 from ._precision import full_precision
-from ._ranking_common import empty_result, flatten_batch, validate_logits_and_targets
+from ._ranking import RankingBatch, RankingGradients, ValueCheck, identity_update, no_positive_values, prepare
 from ._self_balance import SelfBalance
-from ._validation import check_finite, check_nonnegative_scalar, check_tensor, check_ternary_targets
+from ._validation import check_nonnegative_scalar, check_tensor
 
 __all__ = ["alrp_loss", "ALRPLoss", "ALRPLossOutput"]
 
 ALRP_EPS = 1e-5
 
 
-def _alrp_computation(targets: Tensor, loc_errors: Tensor, delta: float, eps: float, context: DistributedContext,
-                      shared: dict):
-    def compute(logits: Tensor, needs_grad: bool) -> IdentityUpdateResult:
-        batch = flatten_batch(logits, targets)
-        if loc_errors.numel() != batch.num_positives:
-            raise ValueError(
-                f"loc_errors has {loc_errors.numel()} entries but targets has {batch.num_positives} positives; "
-                "give one localisation error per positive, in targets.flatten() order"
-            )
-        sizes = context.gather_sizes(batch.num_positives, batch.scores.device)
-        num_pos = sum(sizes)
-        if num_pos == 0:
-            empty = torch.zeros(0, dtype=torch.float64, device=batch.scores.device)
-            return empty_result(batch, 1, auxiliary=(empty,))
-        kernel = smoothed_step(delta)
-        windows = PositiveWindows(batch.scores, batch.positive_index, batch.negative_mask, kernel, context, sizes)
-        shared.update(scores=windows.positive_scores, local=windows.local)
-        errors = windows.gather(loc_errors.to(torch.float64))
-        shared["errors"] = errors
-        h0 = windows.self_term
-        rank_pos = 1.0 + windows.positive_sums() - h0
-        false_pos = windows.false_positive_counts()
-        rank = rank_pos + false_pos
-        value = (1.0 - (rank_pos / rank).mean()).to(batch.scores.dtype)
-        if not needs_grad:
-            return IdentityUpdateResult([value], [LogitGradient()], auxiliary=(rank,))
-        active = false_pos > eps
-        weighted_above = windows.positive_sums(errors) - h0 * errors  # sum_{k != i} H(s_k - s_i) e_k
-        positive_grad = torch.where(active, -(weighted_above + false_pos) / rank, torch.zeros_like(rank))
-        grad_scale = context.gradient_scale / num_pos
-        negative_coeff = torch.where(active, -positive_grad / false_pos, torch.zeros_like(rank)) * grad_scale
-        negative_grad = windows.negative_gradient(negative_coeff)
-        gradient = LogitGradient(
-            dense=negative_grad,
-            index=batch.positive_index,
-            values=(positive_grad * grad_scale)[windows.local].to(negative_grad.dtype),
-        )
-        return IdentityUpdateResult([value], [gradient], auxiliary=(rank,))
+def _alrp_formula(errors: Tensor, delta: float, eps: float, loc_dtype: torch.dtype):
+    """``errors``: the localisation errors of all ranks' positives (float64, detached)."""
+    self_term = smoothed_step(delta).value_at(0.0)
 
-    return compute
+    def formula(batch: RankingBatch) -> RankingGradients:
+        weights = torch.stack([torch.ones_like(errors), errors], 1)
+        false_positives, rank_pos, errors_above = batch.sums(weights)
+        rank = (rank_pos + false_positives).add_(1.0 - self_term)
+        active = false_positives > eps
+        # sum_{k != i} H(s_k - s_i) e_k + N_FP(i), over rank(i): what positive i passes on
+        passed = torch.add(errors_above, errors, alpha=-self_term).add_(false_positives).div_(rank)
+        num_pos, dtype = batch.num_positives, batch.scores.dtype
+        grad_scale = batch.context.gradient_scale / num_pos
+        # localisation: L_loc = sum_k e_k d_k with d_k = sum of 1 / (|P| rank) over k and every
+        # positive after it in descending logit order (ties in targets.flatten() order)
+        order = torch.argsort(batch.positive_scores, descending=True, stable=True)
+        after = torch.div(1.0 / num_pos, rank[order]).flip(0).cumsum(0).flip(0)
+        coefficients = torch.empty_like(after).scatter_(0, order, after)
+        return RankingGradients(
+            values=[(false_positives / rank).mean(dtype=dtype), torch.dot(errors, coefficients).to(loc_dtype)],
+            negatives=[batch.negative_gradient(torch.where(active, passed / false_positives, 0.0) * grad_scale),
+                       None],
+            positives=[torch.where(active, passed * -grad_scale, 0.0), None],
+            extra=[None, coefficients * batch.context.gradient_scale if batch.context.active else coefficients],
+        )
+
+    return formula
 
 
 class ALRPLossOutput(NamedTuple):
@@ -96,7 +81,7 @@ def alrp_loss(
     *,
     delta: float = 1.0,
     eps: float = ALRP_EPS,
-    distributed: bool | None = None,
+    distributed: bool = False,
 ) -> ALRPLossOutput:
     """aLRP Loss: (classification, localisation) components of one batch.
 
@@ -108,43 +93,39 @@ def alrp_loss(
             component's gradient flows through it), a constant for the classification part.
         delta: half-width of the smoothed step (``0``: exact step).
         eps: positives with ``N_FP <= eps`` get no classification gradient (released value 1e-5).
-        distributed: rank the union of all data-parallel ranks' batches (default: whenever
-            ``torch.distributed`` is initialised with several ranks); ``False``: this rank alone.
+        distributed: rank the union of all data-parallel ranks' batches (opt-in, see
+            :mod:`detlosses.distributed`); ``False``: the given tensors alone.
 
     Returns:
         ``(classification, localisation)``; combine them as ``cls + w * loc`` (see
         :class:`ALRPLoss` for the self-balance weight ``w``). With no positive both are 0.
     """
-    logits, targets = validate_logits_and_targets(logits, targets)
-    check_ternary_targets(targets)
     loc_errors = check_tensor(loc_errors, "loc_errors", floating=True)
     if loc_errors.dim() != 1:
         raise ValueError(f"loc_errors must be 1-D (one entry per positive), got shape {tuple(loc_errors.shape)}")
-    if loc_errors.device != logits.device:
+    if isinstance(logits, Tensor) and loc_errors.device != logits.device:
         raise ValueError(f"loc_errors is on {loc_errors.device} but logits is on {logits.device}")
-    check_finite(loc_errors, "loc_errors")
     delta = check_nonnegative_scalar(delta, "delta")
     eps = check_nonnegative_scalar(eps, "eps")
     context = resolve_context(distributed)
-    shared: dict = {}
-    classification, rank = identity_update(
-        logits, _alrp_computation(targets.detach(), loc_errors.detach(), delta, eps, context, shared)
-    )
-    if rank.numel() == 0:
-        return ALRPLossOutput(classification, loc_errors.sum() * 0.0)
-    errors = loc_errors.to(torch.promote_types(loc_errors.dtype, torch.float32))
-    if context.active:  # global order and ranks; gradients reach only this rank's errors
-        errors = scale_gradient(errors, context.gradient_scale)
-        errors = attach_local(shared["errors"].to(errors.dtype), errors, shared["local"].start)
-    localisation = _localisation_component(shared["scores"], errors, rank)
+
+    def one_error_per_positive(count: int) -> None:
+        if loc_errors.numel() != count:
+            raise ValueError(
+                f"loc_errors has {loc_errors.numel()} entries but targets has {count} positives; "
+                "give one localisation error per positive, in targets.flatten() order"
+            )
+
+    batch = prepare(logits, targets, HingeKernels.of(smoothed_step(delta)), context,
+                    checks=lambda _: [ValueCheck(loc_errors, "loc_errors")], before_windows=one_error_per_positive)
+    if batch is None:
+        zero = no_positive_values(logits, 1)[0]
+        return ALRPLossOutput(zero, loc_errors.sum() * 0.0)
+    loc_dtype = torch.float64 if loc_errors.dtype == torch.float64 else torch.float32
+    all_errors = batch.gather(loc_errors.to(torch.float64))
+    classification, localisation = identity_update(logits, batch, _alrp_formula(all_errors, delta, eps, loc_dtype),
+                                                   extra=loc_errors)
     return ALRPLossOutput(classification, localisation)
-
-
-def _localisation_component(positive_scores: Tensor, errors: Tensor, rank: Tensor) -> Tensor:
-    """``mean_i cumsum(e)_i / rank(i)`` over positives in descending logit order (rank detached)."""
-    order = torch.argsort(positive_scores, descending=True, stable=True)
-    cumulative = torch.cumsum(errors[order], dim=0)
-    return (cumulative / rank[order].to(cumulative.dtype)).mean()
 
 
 class ALRPLoss(nn.Module):
@@ -163,7 +144,7 @@ class ALRPLoss(nn.Module):
         initial_weight: float = 50.0,
         eps: float = ALRP_EPS,
         loss_weight: float = 1.0,
-        distributed: bool | None = None,
+        distributed: bool = False,
     ) -> None:
         super().__init__()
         self.delta = check_nonnegative_scalar(delta, "delta")

@@ -13,8 +13,8 @@ and class), with the smoothed step ``H`` of half-width ``delta``:
 * Error-driven gradients (no autograd through ``H``), all divided by ``|P|``:
   negative ``j``: ``sum_i scale_i H(s_j - s_i) / rank(i)``; positive ``i``: ``-(1 - maxp(i))``.
 
-Computed exactly in ``O((N + P) log P)`` by :mod:`detlosses.ranking` instead of the released
-loop over positives.
+Computed exactly in ``O((N + P) log P)`` by the shared ranking path (:mod:`._ranking`) instead of
+the released loop over positives.
 """
 
 from __future__ import annotations
@@ -22,56 +22,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ranking import IdentityUpdateResult, LogitGradient, identity_update, smoothed_step
-from ..ranking.distributed import DistributedContext, resolve_context
-from ..ranking.positive_windows import PositiveWindows
+from ..distributed import resolve_context
+from ..ranking import HingeKernels, smoothed_step
 from ._precision import full_precision
-from ._ranking_common import empty_result, flatten_batch, validate_logits_and_targets
-from ._validation import check_nonnegative_scalar, check_ternary_targets
+from ._ranking import RankingBatch, RankingGradients, identity_update, no_positive_values, prepare
+from ._validation import check_nonnegative_scalar
 
 __all__ = ["ap_loss", "APLoss"]
 
 
-def _interpolated_precision(precision: Tensor, scores: Tensor) -> Tensor:
-    """``max prec(k)`` over positives with a score at or below each positive's (cummax)."""
-    order = torch.argsort(scores, stable=True)
-    running = torch.cummax(precision[order], dim=0).values
-    out = torch.empty_like(precision)
-    out[order] = running
-    return out
+def _ap_formula(delta: float, interpolate: bool):
+    self_term = smoothed_step(delta).value_at(0.0)
 
-
-def _ap_computation(targets: Tensor, delta: float, interpolate: bool, context: DistributedContext):
-    def compute(logits: Tensor, needs_grad: bool) -> IdentityUpdateResult:
-        batch = flatten_batch(logits, targets)
-        sizes = context.gather_sizes(batch.num_positives, batch.scores.device)
-        num_pos = sum(sizes)
-        if num_pos == 0:
-            return empty_result(batch, 1)
-        kernel = smoothed_step(delta)
-        windows = PositiveWindows(batch.scores, batch.positive_index, batch.negative_mask, kernel, context, sizes)
-        rank_pos = 1.0 + windows.positive_sums() - windows.self_term
-        rank = rank_pos + windows.false_positive_counts()
-        precision = rank_pos / rank
-        if interpolate:
-            max_precision = _interpolated_precision(precision, windows.positive_scores)
-            scale = torch.where(
-                precision < max_precision, (1.0 - max_precision) / (1.0 - precision), torch.ones_like(precision)
-            )
-        else:
-            max_precision, scale = precision, torch.ones_like(precision)
-        value = (1.0 - max_precision.mean()).to(batch.scores.dtype)
-        if not needs_grad:
-            return IdentityUpdateResult([value], [LogitGradient()])
-        grad_scale = context.gradient_scale / num_pos
-        negative_grad = windows.negative_gradient(scale / rank * grad_scale)
-        positive_grad = (-(1.0 - max_precision) * grad_scale)[windows.local]
-        gradient = LogitGradient(
-            dense=negative_grad, index=batch.positive_index, values=positive_grad.to(negative_grad.dtype)
+    def formula(batch: RankingBatch) -> RankingGradients:
+        false_positives, positive_sums = batch.sums()
+        rank = (positive_sums + false_positives).add_(1.0 - self_term)
+        error = false_positives / rank  # 1 - prec(i), without cancellation
+        if interpolate:  # 1 - max precision at or below each score: a cummin in ascending score order
+            order = torch.argsort(batch.positive_scores, stable=True)
+            error = torch.empty_like(error).scatter_(0, order, error[order].cummin(0).values)
+        grad_scale = batch.context.gradient_scale / batch.num_positives
+        # row scale / rank(i) = (1 - maxp(i)) / N_FP(i); with N_FP(i) = 0 no negative sees i at all
+        return RankingGradients(
+            values=[error.mean(dtype=batch.scores.dtype)],
+            negatives=[batch.negative_gradient(error / false_positives.clamp(min=1e-300) * grad_scale)],
+            positives=[error * -grad_scale],
         )
-        return IdentityUpdateResult([value], [gradient])
 
-    return compute
+    return formula
 
 
 @full_precision
@@ -81,7 +59,7 @@ def ap_loss(
     *,
     delta: float = 1.0,
     interpolate: bool = True,
-    distributed: bool | None = None,
+    distributed: bool = False,
 ) -> Tensor:
     """AP-Loss of a batch of classification logits (one ranking over all entries).
 
@@ -91,20 +69,20 @@ def ap_loss(
         targets: same shape; ``1`` positive, ``0`` negative, ``-1`` ignored.
         delta: half-width of the smoothed step ``H`` (``0``: exact step ``[x >= 0]``).
         interpolate: use interpolated AP (the released default) instead of the CVPR form.
-        distributed: rank the union of all data-parallel ranks' batches (default: whenever
-            ``torch.distributed`` is initialised with several ranks); ``False`` ranks this rank's
-            share alone. See :mod:`detlosses.ranking.distributed`.
+        distributed: rank the union of all data-parallel ranks' batches (opt-in, see
+            :mod:`detlosses.distributed`); ``False`` ranks the given tensors alone.
 
     Returns:
         Scalar ``1 - AP`` (in float32, or float64 for float64 logits). Its gradient w.r.t.
         ``logits`` is the error-driven AP-Loss update, already divided by the number of positives.
         With no positive the loss is 0 and every gradient 0.
     """
-    logits, targets = validate_logits_and_targets(logits, targets)
-    check_ternary_targets(targets)
     delta = check_nonnegative_scalar(delta, "delta")
-    context = resolve_context(distributed)
-    (loss,) = identity_update(logits, _ap_computation(targets.detach(), delta, bool(interpolate), context))
+    kernels = HingeKernels.of(smoothed_step(delta))
+    batch = prepare(logits, targets, kernels, resolve_context(distributed))
+    if batch is None:
+        return no_positive_values(logits, 1)[0]
+    (loss,) = identity_update(logits, batch, _ap_formula(delta, bool(interpolate)))
     return loss
 
 
@@ -112,7 +90,7 @@ class APLoss(nn.Module):
     """Module form of :func:`ap_loss`; the result is multiplied by ``loss_weight``."""
 
     def __init__(
-        self, delta: float = 1.0, interpolate: bool = True, loss_weight: float = 1.0, distributed: bool | None = None
+        self, delta: float = 1.0, interpolate: bool = True, loss_weight: float = 1.0, distributed: bool = False
     ) -> None:
         super().__init__()
         self.delta = check_nonnegative_scalar(delta, "delta")

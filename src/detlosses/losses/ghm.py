@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ranking.distributed import DistributedContext, resolve_context, union_sum
+from ..distributed import DistributedContext, resolve_context, union_sum
 from ._precision import full_precision
 from ._reduction import check_reduction
 from ._validation import check_finite, check_same_shape, check_tensor
@@ -87,7 +87,7 @@ class _GHMBase(nn.Module):
     updates: Tensor
 
     def __init__(self, bins: int, momentum: float, loss_weight: float, reduction: str, bias_correction: bool,
-                 distributed: bool | None = None):
+                 distributed: bool = False):
         super().__init__()
         self.distributed = distributed
         if not isinstance(bins, int) or bins < 1:
@@ -136,15 +136,15 @@ class GHMC(_GHMBase):
         loss_weight: multiplier of the result.
         reduction: ``"mean"`` (the released ``sum / tot``), ``"sum"`` or ``"none"``.
         bias_correction: divide the EMA by ``1 - m^k`` (off by default, as released).
-        distributed: one histogram over every data-parallel rank (default: whenever
-            ``torch.distributed`` is initialised with several ranks).
+        distributed: one histogram over every data-parallel rank (opt-in, see
+            :mod:`detlosses.distributed`; default: this process alone).
 
     The EMA state is in buffers (``state_dict``); it is updated only in training mode (in
     evaluation mode the weights come from the batch's own histogram).
     """
 
     def __init__(self, bins: int = 30, momentum: float = 0.75, loss_weight: float = 1.0,
-                 reduction: str = "mean", bias_correction: bool = False, distributed: bool | None = None) -> None:
+                 reduction: str = "mean", bias_correction: bool = False, distributed: bool = False) -> None:
         super().__init__(bins, momentum, loss_weight, reduction, bias_correction, distributed)
 
     @full_precision
@@ -194,7 +194,7 @@ class GHMR(_GHMBase):
     """
 
     def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7, loss_weight: float = 1.0,
-                 reduction: str = "mean", bias_correction: bool = False, distributed: bool | None = None) -> None:
+                 reduction: str = "mean", bias_correction: bool = False, distributed: bool = False) -> None:
         super().__init__(bins, momentum, loss_weight, reduction, bias_correction, distributed)
         if not float(mu) > 0.0:
             raise ValueError(f"mu must be > 0, got {mu}")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from ..ranking.distributed import resolve_context
+from ..distributed import resolve_context
 from ._precision import full_precision
 from ._reduction import check_reduction, weight_reduce_loss
 from ._validation import check_finite, check_same_shape, check_tensor, check_unit_interval
@@ -57,7 +57,7 @@ def iou_balanced_focal_loss(
     reduction: str = "sum",
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
-    distributed: bool | None = None,
+    distributed: bool = False,
 ) -> Tensor:
     """IoU-balanced sigmoid focal loss.
 
@@ -70,8 +70,8 @@ def iou_balanced_focal_loss(
         alpha, gamma: focal-loss parameters.
         reduction: ``"sum"`` (default), ``"mean"`` or ``"none"``; ``avg_factor`` divides the sum.
         weight: optional element weights (multiplied in, e.g. to drop elements).
-        distributed: compute the normaliser ``Z`` over every data-parallel rank (default: whenever
-            ``torch.distributed`` is initialised with several ranks).
+        distributed: compute the normaliser ``Z`` over every data-parallel rank (opt-in, see
+            :mod:`detlosses.distributed`; default: this process alone).
     """
     logits = check_tensor(logits, "logits", floating=True)
     targets = check_tensor(targets, "targets")
@@ -113,7 +113,7 @@ def iou_balanced_smooth_l1_loss(
     reduction: str = "sum",
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
-    distributed: bool | None = None,
+    distributed: bool = False,
 ) -> Tensor:
     """IoU-balanced smooth-L1 loss on box deltas.
 
@@ -124,8 +124,8 @@ def iou_balanced_smooth_l1_loss(
         beta: smooth-L1 transition point.
         normalize: rescale the weights so the total equals plain smooth-L1 (the paper's form).
         reduction, weight, avg_factor: as in mmdetection.
-        distributed: compute the normaliser over every data-parallel rank (default: whenever
-            ``torch.distributed`` is initialised with several ranks).
+        distributed: compute the normaliser over every data-parallel rank (opt-in, see
+            :mod:`detlosses.distributed`; default: this process alone).
     """
     pred = check_tensor(pred, "pred", floating=True)
     target = check_tensor(target, "target", floating=True)

@@ -9,96 +9,234 @@ With ``xt_ij = clamp((s_j - s_i) / 2 + 1/2, 0, 1)`` for positive ``i`` and ``j i
     ``L_i = (1 - I1(u_i)) + I3(u_i) * sum_j H2(xt_ij) (1 - I2(u_j)) / sum_j H1(xt_ij)``,
     ``L = sum_i L_i / |P|``,
 
-differentiated by autograd with ``H1`` detached. ``H1, H2, I1, I2, I3`` are monotone
-piecewise-linear maps through control points (:mod:`.pap_params`); with only four functions
-``H1`` is the exact step ``sign(s_j - s_i) / 2 + 1/2``. Boxes are trained only through ``u``; the
-box-branch gradient is multiplied by ``reg_weight``.
+with the gradient autograd gives on that formula, ``H1`` detached. ``H1, H2, I1, I2, I3`` are
+monotone piecewise-linear maps through control points (:mod:`.pap_params`); with only four
+functions ``H1`` is the exact step ``sign(s_j - s_i) / 2 + 1/2``. Boxes are trained only through
+``u``; the box-branch gradient is multiplied by ``reg_weight``.
 
-The sums over ``S`` are evaluated exactly without the ``P x N`` matrix of the released code
-(:mod:`detlosses.ranking.kernel_sum`), so ``topk=None`` (every candidate) is affordable. At a kink
-the gradient is the one autograd gives on the released formula: the left segment at an inner
-control point, 0 where ``clamp`` saturates (``s_j - s_i = +-1`` exactly). If no candidate ranks
-near or above a positive (``sum_j H1 = 0``, possible only with ``topk``), its ratio term is 0.
+The sums over ``S`` are exact without the ``P x N`` matrix of the released code (the shared ranking
+path, :mod:`._ranking`), so ``topk=None`` (every candidate) is affordable. The gradients are
+written out (with ``g_i = I3(u_i) / (|P| sum_j H1)`` and ``w_j = 1 - I2(u_j)``):
+
+* a candidate ``j`` as a point: ``w_j sum_i g_i H2'(s_j - s_i)``; a positive ``i`` as a query:
+  ``-g_i sum_j w_j H2'(s_j - s_i)``;
+* ``u_k``: ``(-I1'(u_k) + I3'(u_k) ratio_k) / |P| - I2'(u_k) sum_i g_i H2(s_k - s_i)``, times
+  ``reg_weight``.
+
+At a kink they are the ones autograd gives on the released formula: the left segment at an inner
+control point, 0 where ``clamp`` saturates (``s_j - s_i = +-1`` exactly), the first segment at
+``u = 0``. If no candidate ranks near or above a positive (``sum_j H1 = 0``, possible only with
+``topk``), its ratio term is 0.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from ..ranking import SortedWindows, control_point_kernel, square_kernel, working_dtype
-from ..ranking.distributed import DistributedContext, gather_with_grad, resolve_context, shared_sum, union_sum
-from ..ranking.kernel_sum import DenseEvaluator, WindowEvaluator, kernel_sum
+from ..distributed import DistributedContext, resolve_context
+from ..ranking import HingeKernels, control_point_kernel, square_kernel
 from ..ranking.kernels import PiecewisePolynomialKernel
 from ._grad_scale import scale_gradient
 from ._precision import full_precision
-from ._ranking_common import validate_logits_and_targets
-from ._validation import (
-    check_finite,
-    check_same_shape,
-    check_tensor,
-    check_ternary_targets,
-    check_unit_interval,
-)
+from ._ranking import RankingBatch, RankingGradients, ValueCheck, identity_update, no_positive_values, prepare
+from ._validation import check_same_shape, check_tensor
 from .pap_params import PAPParams, resolve_params
 
-__all__ = ["parameterized_ap_loss", "ParameterizedAPLoss", "interpolate_control_points"]
+__all__ = ["parameterized_ap_loss", "ParameterizedAPLoss"]
 
 _IDENTITY = ([0.0, 1.0], [0.0, 1.0])
+_STEP_HALVES = (  # sign(d) / 2 + 1/2 = [d >= 0] / 2 + [d > 0] / 2
+    PiecewisePolynomialKernel((0.0,), ((0.0, 0.0, 0.0), (0.5, 0.0, 0.0)), closed_right=True),
+    PiecewisePolynomialKernel((0.0,), ((0.0, 0.0, 0.0), (0.5, 0.0, 0.0)), closed_right=False),
+)
+_H2, _H2_SLOPE, _H1 = 0, 1, 2  # kernel order in the hinge bank (H1 may be two halves: 2 and 3)
 
 
-def interpolate_control_points(u: Tensor, xs: list[float], ys: list[float]) -> Tensor:
-    """Piecewise-linear ``f(u)`` through ``(xs, ys)``, differentiable in ``u``.
+@dataclass(frozen=True)
+class _PiecewiseLinear:
+    """Several piecewise-linear maps of ``[0, 1]`` through control points, in hinge form.
 
-    Segment choice as released: ``u in (x_k, x_{k+1}]`` uses segment ``k`` (``u = 0`` the first
-    segment that starts at 0).
+    ``f(u) = y0 + m0 u + sum_r [u > x_r] (jump_r + dslope_r (u - x_r))`` over the inner knots, which
+    picks the segment ``(x_k, x_{k+1}]`` for ``u`` (the released choice) and the first one at 0.
     """
-    x = torch.tensor(xs, dtype=u.dtype, device=u.device)
-    y = torch.tensor(ys, dtype=u.dtype, device=u.device)
-    index = torch.searchsorted(x, u.detach().contiguous(), right=False) - 1
-    zeros_at_start = int((x == 0).sum())
-    index = torch.where(u.detach() == 0, torch.full_like(index, zeros_at_start - 1), index)
-    index = index.clamp(0, x.numel() - 2)
-    x0, x1, y0, y1 = x[index], x[index + 1], y[index], y[index + 1]
-    width = x1 - x0
-    slope = torch.where(width > 0, (y1 - y0) / torch.where(width > 0, width, torch.ones_like(width)), 0.0)
-    return y0 + slope * (u - x0)
+
+    y0: Tensor  # (F,)
+    m0: Tensor  # (F,)
+    knots: Tensor  # (F, R), padded with 2.0 (never active)
+    jumps: Tensor  # (F, R)
+    slopes: Tensor  # (F, R)
+
+    @staticmethod
+    def of(functions: list[tuple[list[float], list[float]]]) -> _PiecewiseLinear:
+        rows = []
+        for xs, ys in functions:
+            segments = []  # (x_start, x_end, y_start, slope) of positive width
+            for k in range(len(xs) - 1):
+                if xs[k + 1] > xs[k]:
+                    segments.append((xs[k], xs[k + 1], ys[k], (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])))
+            first = segments[0]
+            knots = []
+            for left, right in zip(segments[:-1], segments[1:], strict=True):
+                end_value = left[2] + left[3] * (left[1] - left[0])
+                knots.append((right[0], right[2] - end_value, right[3] - left[3]))
+            rows.append((first[2] - first[3] * first[0], first[3], knots))
+        width = max(1, max(len(r[2]) for r in rows))
+        pad = [(2.0, 0.0, 0.0)] * width
+        return _PiecewiseLinear(
+            y0=torch.tensor([r[0] for r in rows], dtype=torch.float64),
+            m0=torch.tensor([r[1] for r in rows], dtype=torch.float64),
+            knots=torch.tensor([[k[0] for k in (r[2] + pad)[:width]] for r in rows], dtype=torch.float64),
+            jumps=torch.tensor([[k[1] for k in (r[2] + pad)[:width]] for r in rows], dtype=torch.float64),
+            slopes=torch.tensor([[k[2] for k in (r[2] + pad)[:width]] for r in rows], dtype=torch.float64),
+        )
+
+    def to(self, device: torch.device) -> _PiecewiseLinear:
+        return _PiecewiseLinear(*(t.to(device) for t in (self.y0, self.m0, self.knots, self.jumps, self.slopes)))
+
+    def __call__(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Values and derivatives ``(P, F)`` at ``u (P,)`` (float64, on this object's device)."""
+        offset = u[:, None, None] - self.knots  # (P, F, R)
+        above = offset > 0
+        values = torch.addcmul(self.y0, u[:, None], self.m0)
+        values = values + torch.where(above, torch.addcmul(self.jumps, self.slopes, offset), 0.0).sum(2)
+        slope = torch.where(above, self.slopes, 0.0).sum(2) + self.m0
+        return values, slope
 
 
 class _Form:
-    """The five functions of one loss form, ready for evaluation."""
+    """The five functions of one loss form, ready for evaluation (I-functions in order I1, I2, I3)."""
 
     def __init__(self, params: PAPParams) -> None:
         self.form = params.form
-        self.h1_step = False
-        if params.form == "searched":
-            self.h2 = control_point_kernel(*params.function("H2"))
-            h1 = params.function("H1")
-            self.h1_step = h1 is None
-            self.h1 = None if h1 is None else control_point_kernel(*h1)
-            self.i_points = {name: params.function(name) for name in ("I1", "I2", "I3")}
-        elif params.form == "linear":
-            self.h2 = self.h1 = control_point_kernel(*_IDENTITY)
-            self.i_points = {name: _IDENTITY for name in ("I1", "I2", "I3")}
+        if params.form in ("searched", "linear"):
+            if params.form == "searched":
+                h2 = control_point_kernel(*params.function("H2"))
+                h1_points = params.function("H1")
+                i_points = [params.function(name) for name in ("I1", "I2", "I3")]
+            else:
+                h2, h1_points, i_points = control_point_kernel(*_IDENTITY), _IDENTITY, [_IDENTITY] * 3
+            h1 = _STEP_HALVES if h1_points is None else (control_point_kernel(*h1_points),)
+            self.kernels = HingeKernels.of(h2, h2.derivative(), *h1)
+            self.i_functions = _PiecewiseLinear.of(i_points)
+            self._on_device: dict[torch.device, _PiecewiseLinear] = {torch.device("cpu"): self.i_functions}
         elif params.form == "square":
-            self.h2 = self.h1 = square_kernel()
-        elif params.form == "sigmoid":
-            self.h2 = self.h1 = None
-        else:  # pragma: no cover - resolve_params rejects other forms
+            h2 = square_kernel()
+            self.kernels = HingeKernels.of(h2, h2.derivative(), h2)
+        elif params.form != "sigmoid":  # pragma: no cover - resolve_params rejects other forms
             raise ValueError(f"unknown form {params.form!r}")
+        else:
+            self.kernels = HingeKernels.of(square_kernel())  # only to bucket; sums are dense
+        self.negative_weight = 1.0 - self.i_values(torch.zeros(1, dtype=torch.float64))[0][0, 1].item()
 
-    def i_function(self, name: str, u: Tensor) -> Tensor:
+    def i_values(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``(I1, I2, I3)(u)`` and their derivatives, ``(P, 3)`` each."""
         if self.form == "square":
-            return u * u
+            return (u * u)[:, None].expand(-1, 3), (2.0 * u)[:, None].expand(-1, 3)
         if self.form == "sigmoid":
-            return torch.sigmoid(2.0 * u - 1.0)
-        return interpolate_control_points(u, *self.i_points[name])
+            value = torch.sigmoid(2.0 * u - 1.0)
+            return value[:, None].expand(-1, 3), (2.0 * value * (1.0 - value))[:, None].expand(-1, 3)
+        functions = self._on_device.get(u.device)
+        if functions is None:
+            functions = self._on_device[u.device] = self.i_functions.to(u.device)
+        return functions(u)
 
 
-def _candidate_mask(targets: Tensor, scores: Tensor, topk: int | None, context: DistributedContext) -> Tensor:
+_FORMS: dict[tuple, _Form] = {}
+
+
+def _form_of(params: PAPParams) -> _Form:
+    """The evaluation-ready form of ``params`` (cached by value)."""
+    points = None if params.control_points is None else tuple(map(tuple, params.control_points.tolist()))
+    key = (params.form, points)
+    form = _FORMS.get(key)
+    if form is None:
+        form = _FORMS[key] = _Form(params)
+    return form
+
+
+def _window_sums(batch: RankingBatch, weights: Tensor) -> tuple[Tensor, ...]:
+    """Per positive: ``H2`` and ``H2'`` sums over the candidate negatives, the same over the
+    candidate positives weighted by ``w``, and ``sum_S H1``; ``weights`` ``(P, 2)`` = [in S, w in S]."""
+    sums = batch.sums(weights)  # per kernel: negatives, positives in S, positives weighted by w
+    h1 = sum(sums[3 * k] + sums[3 * k + 1] for k in range(_H1, len(sums) // 3))
+    return sums[3 * _H2], sums[3 * _H2_SLOPE], sums[3 * _H2 + 2], sums[3 * _H2_SLOPE + 2], h1
+
+
+class _DenseSigmoid:
+    """The ``sigmoid`` baseline (``H1 = H2 = sigmoid(s_j - s_i)``): dense ``O(P N)`` blocks."""
+
+    def __init__(self, batch: RankingBatch, keep: Tensor) -> None:
+        self.queries = batch.positive_scores.to(torch.float64)
+        self.points = batch.scores.to(torch.float64)
+        self.keep = keep
+        rows = max(1, (1 << 22) // max(self.points.numel(), 1))
+        self.blocks = [slice(s, min(s + rows, self.queries.numel())) for s in range(0, self.queries.numel(), rows)]
+
+    def _kernels(self, points: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
+        value = torch.sigmoid(points[None, :] - self.queries[rows, None])
+        return value, value * (1.0 - value)
+
+    def query_sums(self, points: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        parts = [torch.stack([k @ weights for k in self._kernels(points, rows)], 1) for rows in self.blocks]
+        sums = torch.cat(parts)
+        return sums[:, 0], sums[:, 1]
+
+    def adjoint(self, points: Tensor, coefficients: Tensor) -> tuple[Tensor, Tensor]:
+        value_sum = slope_sum = 0.0
+        for rows in self.blocks:
+            value, slope = self._kernels(points, rows)
+            value_sum = value_sum + coefficients[rows] @ value
+            slope_sum = slope_sum + coefficients[rows] @ slope
+        return value_sum, slope_sum
+
+
+def _pap_formula(form: _Form, u: Tensor, candidates: Tensor | None):
+    """``u``: the soft IoU of all ranks' positives (float64, detached)."""
+
+    def formula(batch: RankingBatch) -> RankingGradients:
+        in_s = torch.ones_like(u) if candidates is None else candidates[batch.positive_index].to(u.dtype)
+        if candidates is not None:
+            in_s = batch.gather(in_s)
+        i_values, i_slopes = form.i_values(u)
+        weights = torch.stack([in_s, (1.0 - i_values[:, 1]) * in_s], 1)
+        w_neg = form.negative_weight
+        if form.form == "sigmoid":
+            dense = _DenseSigmoid(batch, batch.negative_mask if candidates is None else candidates)
+            keep = dense.keep & batch.negative_mask
+            neg_h, neg_slope = dense.query_sums(dense.points, keep.to(torch.float64))
+            neg_h = batch.context.all_reduce_sum(neg_h)
+            neg_slope = batch.context.all_reduce_sum(neg_slope)
+            pos_h, pos_slope = dense.query_sums(dense.queries, weights[:, 1])
+            h1 = neg_h + dense.query_sums(dense.queries, weights[:, 0])[0]
+            h2, slope_sum = w_neg * neg_h + pos_h, w_neg * neg_slope + pos_slope
+        else:
+            neg_h2, neg_slope, pos_h2, pos_slope, h1 = _window_sums(batch, weights)
+            h2, slope_sum = w_neg * neg_h2 + pos_h2, w_neg * neg_slope + pos_slope
+        ratio = torch.where(h1 > 0, h2 / h1.clamp(min=1e-300), 0.0)
+        num_pos, scale = batch.num_positives, batch.context.gradient_scale
+        value = ((1.0 - i_values[:, 0]) + i_values[:, 2] * ratio).sum() / num_pos
+        g = torch.where(h1 > 0, i_values[:, 2] / h1.clamp(min=1e-300), 0.0) * (scale / num_pos)
+        if form.form == "sigmoid":
+            negative_grad = dense.adjoint(dense.points, g)[1].mul_(keep).mul_(w_neg).to(batch.scores.dtype)
+            point_value, point_slope = dense.adjoint(dense.queries, g)
+        else:
+            negative_grad = batch.negative_gradient(g * w_neg, kernel=_H2_SLOPE)
+            point_value = batch.positive_adjoint(g, kernel=_H2)
+            point_slope = batch.positive_adjoint(g, kernel=_H2_SLOPE)
+        positive_grad = weights[:, 1] * point_slope - g * slope_sum
+        u_grad = (i_slopes[:, 2] * ratio - i_slopes[:, 0]) * (scale / num_pos) - i_slopes[:, 1] * in_s * point_value
+        return RankingGradients(values=[value.to(batch.scores.dtype)], negatives=[negative_grad],
+                                positives=[positive_grad], extra=[u_grad])
+
+    return formula
+
+
+def _candidate_mask(targets: Tensor, scores: Tensor, topk: int, context: DistributedContext) -> Tensor:
     valid = targets != -1
-    if topk is None:
-        return valid
     valid_index = valid.nonzero().squeeze(1)
     if not context.active:
         if valid_index.numel() <= topk:
@@ -117,17 +255,6 @@ def _candidate_mask(targets: Tensor, scores: Tensor, topk: int | None, context: 
     return valid & (scores >= threshold)
 
 
-def _step_sums(queries: Tensor, points: Tensor, buckets_mask: Tensor) -> Tensor:
-    """``sum_j sign(x_j - q_i) / 2 + 1/2`` over the masked points (the exact-step ``H1``)."""
-    total = torch.zeros(queries.numel(), dtype=torch.float64, device=queries.device)
-    for closed_right in (True, False):  # [d >= 0] and [d > 0]
-        kernel = PiecewisePolynomialKernel((0.0,), ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0)), closed_right)
-        windows = SortedWindows.for_kernel(queries, kernel)
-        buckets = windows.bucketize(points).masked_fill_(~buckets_mask, windows.dump_bucket)
-        total += 0.5 * windows.query_sums(windows.points(buckets, points), [kernel])[0]
-    return total
-
-
 @full_precision
 def parameterized_ap_loss(
     logits: Tensor,
@@ -137,7 +264,7 @@ def parameterized_ap_loss(
     params: str | Tensor | PAPParams = "retinanet",
     topk: int | None = None,
     reg_weight: float = 1.0,
-    distributed: bool | None = None,
+    distributed: bool = False,
 ) -> Tensor:
     """Parameterized AP Loss of one batch.
 
@@ -155,114 +282,37 @@ def parameterized_ap_loss(
         reg_weight: multiplies the gradient that reaches ``ious`` (the box branch); the searched
             presets come with their own value in ``PAPParams.reg_weight`` (used by
             :class:`ParameterizedAPLoss`).
-        distributed: rank the union of all data-parallel ranks' batches (default: whenever
-            ``torch.distributed`` is initialised with several ranks); ``False``: this rank alone.
-            With ``topk`` the union's cut is a score threshold, so ties at the cut are all kept.
+        distributed: rank the union of all data-parallel ranks' batches (opt-in, see
+            :mod:`detlosses.distributed`); ``False``: the given tensors alone. With ``topk`` the
+            union's cut is a score threshold, so ties at the cut are all kept.
 
     Returns:
         Scalar loss (float32, or float64 for float64 logits). No positive: 0, gradients 0.
     """
-    logits, targets = validate_logits_and_targets(logits, targets)
-    check_ternary_targets(targets)
     ious = check_tensor(ious, "ious", floating=True)
-    check_same_shape(ious, "ious", logits, "logits")
-    check_finite(ious, "ious")
-    resolved = resolve_params(params)
-    if topk is not None:
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be None or a positive integer, got {topk!r}")
-    if not (float(reg_weight) > 0.0 and float(reg_weight) < float("inf")):
+    if isinstance(logits, Tensor):
+        check_same_shape(ious, "ious", logits, "logits")
+    form = _form_of(resolve_params(params))
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+        raise ValueError(f"topk must be None or a positive integer, got {topk!r}")
+    if not (float(reg_weight) > 0.0 and math.isfinite(float(reg_weight))):
         raise ValueError(f"reg_weight must be a finite number > 0, got {reg_weight}")
-
     context = resolve_context(distributed)
-    dtype = working_dtype(logits.dtype)
-    flat_logits = logits.reshape(-1).to(dtype)
-    flat_targets = targets.detach().reshape(-1)
-    positive_index = (flat_targets == 1).nonzero().squeeze(1)
-    sizes = context.gather_sizes(int(positive_index.numel()), flat_logits.device)
-    num_pos = sum(sizes)
-    if num_pos == 0:
-        return flat_logits[:0].sum() + ious.reshape(-1)[:0].to(dtype).sum()
-    u = ious.reshape(-1)[positive_index].to(dtype)
-    check_unit_interval(u, "ious at the positives")
+    flat_ious = ious.reshape(-1)
+    batch = prepare(logits, targets, form.kernels, context, checks=lambda positive: [
+        ValueCheck(torch.where(positive, flat_ious.detach(), 0.5), "ious at the positives", "unit")])
+    if batch is None:
+        return no_positive_values(logits, 1)[0] + flat_ious[:0].sum()
+    candidates = None if topk is None else _candidate_mask(batch.targets, batch.scores, topk, context)
+    if candidates is not None:
+        batch.negatives = batch.windows.points(batch.scores, keep=candidates & batch.negative_mask,
+                                               buckets=batch.negatives.buckets)
+    u = flat_ious[batch.positive_index]
     if float(reg_weight) != 1.0:
         u = scale_gradient(u, float(reg_weight))
-
-    form = _Form(resolved)
-    scores = flat_logits.detach()
-    # the queries are the positives of every rank; their gradients return to the owner
-    queries = gather_with_grad(flat_logits[positive_index], context, sizes)
-    query_values = queries.detach()
-    candidates = _candidate_mask(flat_targets, scores, topk, context)
-    negative_points = candidates & (flat_targets == 0)
-    positive_in_s = candidates[positive_index]
-    positive_points = positive_index[positive_in_s]
-    zero_u = torch.zeros((), dtype=dtype, device=u.device)
-    negative_weight = 1.0 - form.i_function("I2", zero_u)  # u = 0 off the positives
-    positive_weights = 1.0 - form.i_function("I2", u[positive_in_s])
-
-    if form.form == "sigmoid":
-        h2_sum, h1_sum = _sigmoid_sums(flat_logits, queries, query_values, scores, candidates,
-                                       positive_index, positive_in_s, negative_weight, positive_weights)
-    else:
-        h2_sum, h1_sum = _window_sums(form, flat_logits, queries, query_values, scores, negative_points,
-                                      positive_points, positive_in_s, negative_weight, positive_weights)
-    # this rank's points contributed partial sums: add up every rank's
-    h2_sum = shared_sum(h2_sum, context)
-    h1_sum = context.all_reduce_sum(h1_sum)
-    start = context.offset(sizes)
-    local = slice(start, start + int(positive_index.numel()))
-    ratio = torch.where(h1_sum > 0, h2_sum / torch.where(h1_sum > 0, h1_sum, 1.0), 0.0)[local]
-    per_positive = (1.0 - form.i_function("I1", u)) + form.i_function("I3", u) * ratio
-    return union_sum(per_positive.sum(), context) / num_pos
-
-
-def _window_sums(form, flat_logits, queries, query_values, scores, negative_points, positive_points,
-                 positive_in_s, negative_weight, positive_weights):
-    h2 = form.h2
-    h1 = None if form.h1_step else form.h1
-    kernels = [h2] if h1 is None else [h2, h1]
-    breakpoints = sorted({b for k in kernels for b in k.breakpoints})
-    h2 = h2.refined(breakpoints)
-    windows = SortedWindows.for_kernel(query_values, h2)
-    negative_buckets = windows.bucketize(scores).masked_fill_(~negative_points, windows.dump_bucket)
-    negatives = windows.points(negative_buckets, scores)
-    positive_scores = scores[positive_points]
-    positives = windows.points(windows.bucketize(positive_scores), positive_scores)
-    h2_negatives = kernel_sum(flat_logits, None, queries, WindowEvaluator(windows, negatives, h2))
-    h2_positives = kernel_sum(flat_logits[positive_points], positive_weights, queries,
-                              WindowEvaluator(windows, positives, h2))
-    h2_sum = negative_weight * h2_negatives + h2_positives
-    with torch.no_grad():
-        if h1 is None:
-            point_mask = negative_points.clone()
-            point_mask[positive_points] = True
-            h1_sum = _step_sums(query_values, scores, point_mask)
-        else:
-            h1 = h1.refined(breakpoints)
-            h1_sum = (windows.query_sums(negatives, [h1])[0] + windows.query_sums(positives, [h1])[0])
-    return h2_sum, h1_sum.to(h2_sum.dtype)
-
-
-def _sigmoid_sums(flat_logits, queries, query_values, scores, candidates, positive_index, positive_in_s,
-                  negative_weight, positive_weights):
-    candidate_index = candidates.nonzero().squeeze(1)
-    weights = negative_weight.expand(candidate_index.numel()).clone()
-    slot = torch.searchsorted(candidate_index, positive_index[positive_in_s])
-    weights = weights.index_put((slot,), positive_weights)
-
-    def value(d: Tensor) -> Tensor:
-        return torch.sigmoid(d)
-
-    def derivative(d: Tensor) -> Tensor:
-        s = torch.sigmoid(d)
-        return s * (1.0 - s)
-
-    evaluator = DenseEvaluator(query_values, scores[candidate_index], value, derivative)
-    h2_sum = kernel_sum(flat_logits[candidate_index], weights, queries, evaluator)
-    with torch.no_grad():
-        h1_sum = evaluator.query_sums("value", None).to(h2_sum.dtype)
-    return h2_sum, h1_sum
+    all_u = batch.gather(u.detach().to(torch.float64))
+    (loss,) = identity_update(logits, batch, _pap_formula(form, all_u, candidates), extra=u)
+    return loss
 
 
 class ParameterizedAPLoss(nn.Module):
@@ -278,7 +328,7 @@ class ParameterizedAPLoss(nn.Module):
         topk: int | None = None,
         reg_weight: float | None = None,
         loss_weight: float = 1.0,
-        distributed: bool | None = None,
+        distributed: bool = False,
     ) -> None:
         super().__init__()
         self.distributed = distributed
@@ -295,4 +345,3 @@ class ParameterizedAPLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"form={self.params.form}, topk={self.topk}, reg_weight={self.reg_weight}"
-

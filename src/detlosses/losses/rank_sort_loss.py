@@ -24,70 +24,50 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..ranking import (
-    IdentityUpdateResult,
-    LogitGradient,
-    dominance_adjoint,
-    dominance_sums,
-    identity_update,
-    smoothed_step,
-)
-from ..ranking.distributed import DistributedContext, resolve_context
-from ..ranking.positive_windows import PositiveWindows
+from ..distributed import resolve_context
+from ..ranking import HingeKernels, smoothed_step
+from ..ranking.dominance import Dominance
 from ._precision import full_precision
-from ._ranking_common import empty_result, flatten_batch, validate_logits_and_targets
-from ._validation import check_continuous_targets, check_nonnegative_scalar
+from ._ranking import RankingBatch, RankingGradients, identity_update, no_positive_values, prepare
+from ._validation import check_nonnegative_scalar
 
 __all__ = ["rank_sort_loss", "RankSortLoss", "RankSortLossOutput"]
 
 RANK_SORT_EPS = 1e-10
 
 
-def _rank_sort_computation(targets: Tensor, delta: float, eps: float, context: DistributedContext):
-    def compute(logits: Tensor, needs_grad: bool) -> IdentityUpdateResult:
-        batch = flatten_batch(logits, targets, continuous=True)
-        sizes = context.gather_sizes(batch.num_positives, batch.scores.device)
-        num_pos = sum(sizes)
-        if num_pos == 0:
-            return empty_result(batch, 2)
-        kernel = smoothed_step(delta)
-        windows = PositiveWindows(batch.scores, batch.positive_index, batch.negative_mask, kernel, context, sizes)
-        y = windows.gather(batch.targets[batch.positive_index].to(torch.float64))
-        rank_pos = windows.positive_sums()
-        false_pos = windows.false_positive_counts()
-        rank = rank_pos + false_pos
-        ranking_error = false_pos / rank
-        current_sorting = windows.positive_sums(1.0 - y) / rank_pos
-        (target_count, target_weighted), (missorted, _) = dominance_sums(
-            windows.positive_scores, y, kernel, [None, 1.0 - y]
-        )
-        sorting_error = current_sorting - target_weighted / target_count
-        dtype = batch.scores.dtype
-        values = [ranking_error.mean().to(dtype), sorting_error.mean().to(dtype)]
-        if not needs_grad:
-            return IdentityUpdateResult(values, [LogitGradient(), LogitGradient()])
-        zeros = torch.zeros_like(rank)
-        grad_scale = context.gradient_scale / num_pos
-        ranks_active = false_pos > eps
-        sorts_active = missorted > eps
-        negative_grad = windows.negative_gradient(
-            torch.where(ranks_active, ranking_error / false_pos, zeros) * grad_scale
-        )
-        ranking_pos_grad = -torch.where(ranks_active, ranking_error, zeros) * grad_scale
-        spread = dominance_adjoint(
-            windows.positive_scores, y, kernel, torch.where(sorts_active, sorting_error / missorted, zeros)
-        )
-        sorting_pos_grad = (spread - torch.where(sorts_active, sorting_error, zeros)) * grad_scale
-        grad_dtype = negative_grad.dtype
-        local = windows.local
-        gradients = [
-            LogitGradient(dense=negative_grad, index=batch.positive_index,
-                          values=ranking_pos_grad[local].to(grad_dtype)),
-            LogitGradient(index=batch.positive_index, values=sorting_pos_grad[local].to(grad_dtype)),
-        ]
-        return IdentityUpdateResult(values, gradients)
+def _rank_sort_formula(delta: float, eps: float):
+    kernel = smoothed_step(delta)
 
-    return compute
+    def formula(batch: RankingBatch) -> RankingGradients:
+        y = batch.gather(batch.targets[batch.positive_index].to(torch.float64))
+        weights = torch.stack([torch.ones_like(y), 1.0 - y], 1)
+        false_positives, rank_pos, current_weighted = batch.sums(weights)
+        rank = rank_pos + false_positives
+        ranking_error = false_positives / rank
+        # sorting error: current minus target (positives with an IoU target at least y_i)
+        pairs = Dominance(batch.positive_scores, y, kernel)
+        target_count, target_weighted = pairs.sums(weights).unbind(1)
+        sorting_error = current_weighted / rank_pos - target_weighted / target_count
+        missorted = rank_pos - target_count  # sum_k [y_k < y_i] H(s_k - s_i)
+        grad_scale = batch.context.gradient_scale / batch.num_positives
+        ranks_active = false_positives > eps
+        sorts_active = missorted > eps
+        sorting_spread = torch.where(sorts_active, sorting_error / missorted, 0.0)
+        dtype = batch.scores.dtype
+        return RankingGradients(
+            values=[ranking_error.mean().to(dtype), sorting_error.mean().to(dtype)],
+            negatives=[
+                batch.negative_gradient(torch.where(ranks_active, ranking_error / false_positives, 0.0) * grad_scale),
+                None,
+            ],
+            positives=[
+                torch.where(ranks_active, -ranking_error, 0.0) * grad_scale,
+                (pairs.adjoint(sorting_spread) - torch.where(sorts_active, sorting_error, 0.0)) * grad_scale,
+            ],
+        )
+
+    return formula
 
 
 class RankSortLossOutput(NamedTuple):
@@ -104,7 +84,7 @@ def rank_sort_loss(
     *,
     delta: float = 0.5,
     eps: float = RANK_SORT_EPS,
-    distributed: bool | None = None,
+    distributed: bool = False,
 ) -> RankSortLossOutput:
     """Rank & Sort Loss: (ranking, sorting) components of one batch.
 
@@ -113,19 +93,20 @@ def rank_sort_loss(
         targets: same shape; ``(0, 1]`` positive with its IoU target, ``0`` negative, ``< 0`` ignored.
         delta: half-width of the smoothed step (``0``: exact step).
         eps: threshold below which an error is not propagated (released value 1e-10).
-        distributed: rank the union of all data-parallel ranks' batches (default: whenever
-            ``torch.distributed`` is initialised with several ranks); ``False``: this rank alone.
+        distributed: rank the union of all data-parallel ranks' batches (opt-in, see
+            :mod:`detlosses.distributed`); ``False``: the given tensors alone.
 
     Returns:
         ``(ranking, sorting)`` mean errors, each with its own error-driven gradient (divided by
         the number of positives). With no positive both are 0.
     """
-    logits, targets = validate_logits_and_targets(logits, targets)
-    check_continuous_targets(targets)
     delta = check_nonnegative_scalar(delta, "delta")
     eps = check_nonnegative_scalar(eps, "eps")
-    context = resolve_context(distributed)
-    ranking, sorting = identity_update(logits, _rank_sort_computation(targets.detach(), delta, eps, context))
+    batch = prepare(logits, targets, HingeKernels.of(smoothed_step(delta)), resolve_context(distributed),
+                    continuous=True)
+    if batch is None:
+        return RankSortLossOutput(*no_positive_values(logits, 2))
+    ranking, sorting = identity_update(logits, batch, _rank_sort_formula(delta, eps))
     return RankSortLossOutput(ranking, sorting)
 
 
@@ -133,7 +114,7 @@ class RankSortLoss(nn.Module):
     """Module form of :func:`rank_sort_loss`; returns ``{"loss", "loss_rank", "loss_sort"}``."""
 
     def __init__(
-        self, delta: float = 0.5, eps: float = RANK_SORT_EPS, loss_weight: float = 1.0, distributed: bool | None = None
+        self, delta: float = 0.5, eps: float = RANK_SORT_EPS, loss_weight: float = 1.0, distributed: bool = False
     ) -> None:
         super().__init__()
         self.delta = check_nonnegative_scalar(delta, "delta")

@@ -10,7 +10,7 @@ through a kernel ``K(d)`` of the difference ``d = x - q``:
 
 All of them are piecewise polynomials of degree <= 2 in ``d`` with finitely many breakpoints
 ``a_0 <= ... <= a_m`` and *constant* outside ``[a_0, a_m]``. That is what makes the exact
-``O((N + P) log P)`` evaluation in :mod:`detlosses.ranking.windows` possible: for a query ``q``
+``O((N + P) log P)`` evaluation in :mod:`detlosses.ranking.engine` possible: for a query ``q``
 the breakpoints ``q + a_r`` cut the real line into ``m + 2`` regions, and on region ``r``
 
     ``K(x - q) = c[r, 0] + c[r, 1] (x - q) + c[r, 2] (x - q)^2``.
@@ -69,11 +69,6 @@ class PiecewisePolynomialKernel:
                 raise ValueError("a kernel must be constant below its first and above its last breakpoint")
         if self.right_closed_at and (self.closed_right or not self.right_closed_at <= set(self.breakpoints)):
             raise ValueError("right_closed_at must name breakpoints of a left-closed kernel")
-
-    @property
-    def edge_nudges(self) -> tuple[bool, ...]:
-        """Per breakpoint: whether its edge must be moved down one ulp to close it on the right."""
-        return tuple(b in self.right_closed_at for b in self.breakpoints)
 
     @property
     def degree(self) -> int:
@@ -135,6 +130,14 @@ class PiecewisePolynomialKernel:
         return region
 
     @cached_property
+    def _is_smoothed_step(self) -> bool:
+        return (
+            len(self.breakpoints) == 2
+            and self.breakpoints[0] == -self.breakpoints[1] < 0
+            and self.coefficients == ((0.0, 0.0, 0.0), (0.5, 0.5 / self.breakpoints[1], 0.0), (1.0, 0.0, 0.0))
+        )
+
+    @cached_property
     def _coefficients64(self) -> Tensor:
         return torch.tensor(self.coefficients, dtype=torch.float64)
 
@@ -148,7 +151,9 @@ class PiecewisePolynomialKernel:
         return c0 + d * (c1 + d * c2)
 
     def __call__(self, d: Tensor) -> Tensor:
-        """Evaluate ``K`` elementwise (dense; used by fallbacks and tests)."""
+        """Evaluate ``K`` elementwise (dense: Rank & Sort's pairs of positives, tests)."""
+        if self._is_smoothed_step:  # clamp(d / (2 delta) + 1/2, 0, 1) in three operators
+            return d.mul(self.coefficients[1][1]).add_(0.5).clamp_(0.0, 1.0)
         region = torch.zeros(d.shape, dtype=torch.long, device=d.device)
         for b in self.breakpoints:
             closed = self.closed_right or b in self.right_closed_at

@@ -1,0 +1,288 @@
+"""The one path every ranking loss takes (AP-Loss, aLRP Loss, Rank & Sort Loss, Parameterized AP).
+
+A ranking loss is its per-positive formula and nothing else. This module does the rest, in a fixed
+number of tensor operators and a single host read:
+
+1. **Checks and positives** (:func:`prepare`): shapes and dtypes are checked on the host; the value
+   checks (NaN/Inf logits, target range, extra per-positive inputs) are reductions stacked with the
+   number of positives and read back in *one* transfer — the only one the loss needs, since the
+   number of positives sizes everything after it. :func:`~detlosses.losses.set_validate_args`
+   turns the value checks off.
+2. **The ranking** (:class:`RankingBatch`): the batch flattened over images, anchors and classes
+   (one ranking for all of it), the positives of every data-parallel rank (opt-in), and the
+   windows of the loss's kernels over them (:mod:`detlosses.ranking.engine`); it answers
+   ``sum_{j in N} K(s_j - s_i)``, ``sum_{k in P} w_k K(s_k - s_i)`` and the negatives' adjoint.
+3. **The identity update** (:func:`identity_update`): the error-driven losses are not
+   differentiated by autograd (Chen et al., CVPR 2019, Sec. 3.2; Oksuz et al., NeurIPS 2020 and
+   ICCV 2021): the formula returns its values *and* the gradient of every logit (a dense part over
+   the negatives and values at the positives); backward multiplies them by the incoming gradients.
+
+Writing a new ranking loss means writing one function ``formula(batch) -> RankingGradients``
+(see :mod:`.ap_loss` for the shortest one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..distributed import DistributedContext
+from ..ranking.engine import HingeKernels, PointSet, Windows, working_dtype
+from ._validation import (
+    check_continuous_targets,
+    check_finite,
+    check_same_shape,
+    check_tensor,
+    check_ternary_targets,
+    check_unit_interval,
+    validate_args_enabled,
+)
+
+__all__ = ["RankingBatch", "RankingGradients", "ValueCheck", "prepare", "identity_update", "no_positive_values"]
+
+
+@dataclass(frozen=True)
+class ValueCheck:
+    """A value check fused into the one host read: ``rule`` is ``"finite"`` or ``"unit"`` ([0, 1])."""
+
+    values: Tensor
+    name: str
+    rule: str = "finite"
+
+
+@dataclass
+class RankingBatch:
+    """One batch (over every data-parallel rank taking part) ready for the ranking sums.
+
+    Per-positive tensors are over the positives of *all* ranks, rank-ordered; :attr:`local` is this
+    rank's slice of them, in the order the positives appear in ``targets.flatten()``.
+    """
+
+    scores: Tensor  # (N,) detached, working dtype
+    targets: Tensor  # (N,) flattened targets
+    positive_index: Tensor  # (P_local,) positions of this rank's positives
+    negative_mask: Tensor  # (N,) bool
+    context: DistributedContext
+    sizes: list[int]  # positives per rank
+    positive_scores: Tensor  # (P,)
+    windows: Windows
+    negatives: PointSet
+    positives: PointSet
+
+    @property
+    def num_positives(self) -> int:
+        """Positives of the whole (global) batch."""
+        return int(sum(self.sizes))
+
+    @property
+    def local(self) -> slice:
+        start = self.context.offset(self.sizes)
+        return slice(start, start + int(self.positive_index.numel()))
+
+    def gather(self, local_values: Tensor) -> Tensor:
+        """Per-positive values of all ranks (rank order) from this rank's ``(P_local, ...)`` values."""
+        return self.context.all_gather_variable(local_values, self.sizes)
+
+    def sums(self, positive_weights: Tensor | None = None) -> list[Tensor]:
+        """Per positive ``i``: ``sum_{j in N} K_k(s_j - s_i)`` and ``sum_{l in P} w_lc K_k(s_l - s_i)``.
+
+        Args:
+            positive_weights: ``(P, C)`` weights of the positives (``None``: one channel of ones).
+
+        Returns:
+            float64 ``(P,)`` tensors, kernel by kernel: the negatives' sum (every rank's), then one
+            per weight channel; e.g. ``[N_FP, rank_pos]`` for one kernel and no weights.
+        """
+        sums = self.windows.query_sums([(self.negatives, None), (self.positives, positive_weights)])
+        if sums.dim() == 2:  # one kernel: (P, C)
+            if self.context.active:
+                sums = torch.cat([self.context.all_reduce_sum(sums[:, :1]), sums[:, 1:]], 1)
+            return list(sums.unbind(1))
+        if self.context.active:
+            sums = torch.cat([self.context.all_reduce_sum(sums[:, :, :1]), sums[:, :, 1:]], 2)
+        return list(sums.reshape(sums.shape[0], -1).unbind(1))
+
+    def negative_gradient(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
+        """``sum_i c_i K(s_j - s_i)`` for every local negative ``j``, 0 elsewhere; working dtype ``(N,)``."""
+        return self.windows.point_sums(self.negatives, coefficients, kernel).to(self.scores.dtype)
+
+    def positive_adjoint(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
+        """``sum_i c_i K(s_l - s_i)`` for every positive ``l`` (all ranks), float64 ``(P,)``."""
+        return self.windows.point_sums(self.positives, coefficients, kernel)
+
+
+def _range(values: Tensor) -> list[Tensor]:
+    """``[min, max]`` of a non-empty tensor (NaN if it holds a NaN); nothing for an empty one."""
+    return list(torch.aminmax(values)) if values.numel() else []
+
+
+def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor, negative: Tensor, continuous: bool,
+                  checks: Sequence[ValueCheck]) -> int:
+    """Number of positives; with validation on, every value check read back with it at once."""
+    if not validate_args_enabled():
+        return int(positive.sum().item())
+    # targets: a range check suffices for integers; float ternary targets are checked by counting
+    # (every one is 1, 0 or -1 iff the counts add up to N), which also catches fractions
+    counting = not continuous and flat_targets.is_floating_point()
+    ranged = continuous or not (counting or flat_targets.dtype == torch.bool)
+    ranges = [_range(flat_logits), _range(flat_targets) if ranged else [],
+              *(_range(c.values.detach()) for c in checks)]
+    # float64 counts first: the stack promotes everything to float64 (exact up to 2^53)
+    counts = [positive.sum(dtype=torch.float64)]
+    if counting:
+        counts += [negative.sum(dtype=torch.float64), (flat_targets == -1).sum(dtype=torch.float64)]
+    values = torch.stack(counts + [v for r in ranges for v in r]).tolist()
+    num_positives = int(values[0])
+    ok = not counting or values[0] + values[1] + values[2] == flat_targets.numel()
+    at = len(counts)
+    for index, r in enumerate(ranges):
+        if not r:
+            continue
+        low, high = values[at], values[at + 1]
+        at += 2
+        if index == 1:  # targets: continuous (no NaN, at most 1) or integer ternary
+            ok = ok and (not math.isnan(low) and high <= 1.0 if continuous else low >= -1 and high <= 1)
+            continue
+        ok = ok and math.isfinite(low) and math.isfinite(high)
+        if index >= 2 and checks[index - 2].rule == "unit":
+            ok = ok and low >= 0.0 and high <= 1.0
+    if not ok:  # find and name the problem (extra reads only on this error path)
+        check_finite(flat_logits, "logits")
+        (check_continuous_targets if continuous else check_ternary_targets)(flat_targets)
+        for check in checks:
+            (check_unit_interval if check.rule == "unit" else check_finite)(check.values, check.name)
+    return num_positives
+
+
+def prepare(
+    logits: object,
+    targets: object,
+    kernels: HingeKernels,
+    context: DistributedContext,
+    *,
+    continuous: bool = False,
+    checks: Callable[[Tensor], Sequence[ValueCheck]] | None = None,
+    before_windows: Callable[[int], None] | None = None,
+) -> RankingBatch | None:
+    """Check the inputs and build the ranking of one batch; ``None`` when no rank has a positive.
+
+    Args:
+        logits: classification logits of any shape.
+        targets: same shape; ``1``/``0``/``-1`` (``continuous``: ``> 0`` positive, ``0``
+            negative, ``< 0`` ignored).
+        kernels: the kernels the loss will sum.
+        context: the data-parallel context.
+        checks: given the positives' mask ``(N,)``, extra value checks to fuse into the host read.
+        before_windows: called with this rank's number of positives (e.g. a size check).
+    """
+    logits = check_tensor(logits, "logits", floating=True)
+    targets = check_tensor(targets, "targets")
+    check_same_shape(targets, "targets", logits, "logits")
+    with torch.no_grad():  # the ranking itself is never differentiated by autograd
+        return _prepare(logits, targets, kernels, context, continuous, checks, before_windows)
+
+
+def _prepare(logits: Tensor, targets: Tensor, kernels: HingeKernels, context: DistributedContext,
+             continuous: bool, checks, before_windows) -> RankingBatch | None:
+    flat_targets = targets.reshape(-1)
+    positive = flat_targets > 0 if continuous else flat_targets == 1
+    negative_mask = flat_targets == 0
+    flat_logits = logits.reshape(-1)
+    count = _fused_checks(flat_logits, flat_targets, positive, negative_mask, continuous,
+                          checks(positive) if checks else ())
+    if before_windows is not None:
+        before_windows(count)
+    sizes = context.gather_sizes(count, logits.device)
+    if sum(sizes) == 0:
+        return None
+    scores = flat_logits.to(working_dtype(logits.dtype))
+    positive_index = torch.nonzero_static(positive, size=count).view(-1)
+    positive_scores = context.all_gather_variable(scores[positive_index], sizes)
+    windows = Windows(positive_scores, kernels)
+    negatives = windows.points(scores, keep=negative_mask)
+    positives = windows.points(positive_scores)
+    return RankingBatch(scores, flat_targets, positive_index, negative_mask, context, sizes, positive_scores,
+                        windows, negatives, positives)
+
+
+def no_positive_values(logits: Tensor, count: int) -> tuple[Tensor, ...]:
+    """``count`` zero losses, connected to ``logits`` with zero gradients (no positive anywhere)."""
+    zero = logits.reshape(-1)[:0].sum(dtype=torch.promote_types(logits.dtype, torch.float32))
+    return tuple(zero for _ in range(count))
+
+
+@dataclass
+class RankingGradients:
+    """What a ranking formula returns: its values and, per value, the gradient of the logits.
+
+    The gradient of value ``v`` is ``negatives[v]`` (``(N,)`` over the local logits, or ``None``)
+    plus ``positives[v]`` (``(P,)`` over the positives of all ranks, or ``None``), already divided
+    by the number of positives and scaled for data parallelism.
+    """
+
+    values: list[Tensor]
+    negatives: list[Tensor | None]
+    positives: list[Tensor | None]
+    auxiliary: list[Tensor] = field(default_factory=list)
+    #: per value, the gradient of the extra per-positive input of :func:`identity_update` (``(P,)``)
+    extra: list[Tensor | None] = field(default_factory=list)
+
+
+class _IdentityUpdate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, extra: Tensor | None, batch: RankingBatch,  # type: ignore[override]
+                formula) -> tuple[Tensor, ...]:
+        result: RankingGradients = formula(batch)
+        if batch.context.active:  # this rank's positives
+            local = batch.local
+            result.extra = [None if g is None else g[local] for g in result.extra]
+            result.positives = [None if g is None else g[local] for g in result.positives]
+        ctx.extra = [None if g is None else g.to(extra.dtype) for g in result.extra]
+        ctx.gradients = []
+        for dense, at_positives in zip(result.negatives, result.positives, strict=True):
+            part = None if at_positives is None else at_positives.to(batch.scores.dtype)
+            if dense is not None and part is not None:
+                dense = dense.index_put_((batch.positive_index,), part, accumulate=True)
+                part = None
+            ctx.gradients.append((dense, part))
+        ctx.index = batch.positive_index
+        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        ctx.numel = logits.numel()
+        if result.auxiliary:
+            ctx.mark_non_differentiable(*result.auxiliary)
+        return (*result.values, *result.auxiliary)
+
+    @staticmethod
+    def backward(ctx, *upstream: Tensor):  # type: ignore[override]
+        total, sparse = None, []
+        for grad_out, (dense, part) in zip(upstream, ctx.gradients, strict=False):
+            if dense is not None:
+                scaled = dense * grad_out
+                total = scaled if total is None else total.add_(scaled)
+            if part is not None:
+                sparse.append(part * grad_out)
+        if total is None:
+            total = sparse[0].new_zeros(ctx.numel)
+        for part in sparse:
+            total = total.index_add_(0, ctx.index, part)
+        extra = None
+        for grad_out, grad in zip(upstream, ctx.extra, strict=False):
+            if grad is not None:
+                extra = grad * grad_out if extra is None else extra + grad * grad_out
+        if total.dtype != ctx.logits_dtype:
+            total = total.to(ctx.logits_dtype)
+        return total.view(ctx.logits_shape), extra, None, None
+
+
+def identity_update(logits: Tensor, batch: RankingBatch, formula: Callable[[RankingBatch], RankingGradients],
+                    extra: Tensor | None = None) -> tuple[Tensor, ...]:
+    """Run ``formula(batch)`` with the error-driven backward; returns the values, then the auxiliaries.
+
+    ``extra``: an optional ``(P_local,)`` input per positive that the formula also differentiates
+    (Parameterized AP Loss's soft IoU); its gradient is ``RankingGradients.extra``.
+    """
+    return _IdentityUpdate.apply(logits, extra, batch, formula)
