@@ -3,7 +3,8 @@
 Spawns ``--world`` gloo processes on this machine. Each holds a COCO-sized share of a RetinaNet
 batch (``--images`` images x ``--anchors`` anchors x 80 classes, ~``--positives`` positive anchors
 per image, logits near the prior) and runs forward + backward of every distributed-aware loss,
-counting the payload of every collective (:data:`detlosses.ranking.distributed.COMMUNICATION`).
+counting the payload of every collective (the ``torch.distributed`` collectives are wrapped by
+:func:`count_collectives` for the duration of the measurement; the library itself keeps no counter).
 For comparison: all-gathering the logits instead would move ``N x 4`` bytes per rank.
 
 Usage::
@@ -24,27 +25,52 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import detlosses
-from detlosses.ranking.distributed import COMMUNICATION
 
 CLASSES = 80
 LOSSES = ("ap", "alrp", "rank_sort", "pap", "ghmc")
+COMMUNICATION = {"sent": 0, "received": 0, "collectives": 0}
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def count_collectives() -> None:
+    """Wrap ``all_reduce``/``all_gather`` so that :data:`COMMUNICATION` counts their payload."""
+    all_reduce, all_gather = dist.all_reduce, dist.all_gather
+
+    def counted_all_reduce(tensor, *args, **kwargs):
+        size = _nbytes([tensor])
+        COMMUNICATION.update(sent=COMMUNICATION["sent"] + size, received=COMMUNICATION["received"] + size,
+                             collectives=COMMUNICATION["collectives"] + 1)
+        return all_reduce(tensor, *args, **kwargs)
+
+    def counted_all_gather(tensor_list, tensor, *args, **kwargs):
+        COMMUNICATION.update(sent=COMMUNICATION["sent"] + _nbytes([tensor]),
+                             received=COMMUNICATION["received"] + _nbytes(tensor_list),
+                             collectives=COMMUNICATION["collectives"] + 1)
+        return all_gather(tensor_list, tensor, *args, **kwargs)
+
+    dist.all_reduce, dist.all_gather = counted_all_reduce, counted_all_gather
 
 
 def _losses(x, targets, ious, errors):
     iou_targets = torch.where(targets == 1, ious, targets.float())
     valid = (targets >= 0).float()
     return {
-        "ap": lambda: detlosses.ap_loss(x, targets),
-        "alrp": lambda: sum(detlosses.alrp_loss(x, targets, errors)),
-        "rank_sort": lambda: sum(detlosses.rank_sort_loss(x, iou_targets)),
-        "pap": lambda: detlosses.parameterized_ap_loss(x, targets, ious),
-        "ghmc": lambda: detlosses.GHMC()(x.reshape(-1, CLASSES), targets.clamp(min=0).reshape(-1, CLASSES).float(),
-                                         valid.reshape(-1, CLASSES)),
+        "ap": lambda: detlosses.ap_loss(x, targets, distributed=True),
+        "alrp": lambda: sum(detlosses.alrp_loss(x, targets, errors, distributed=True)),
+        "rank_sort": lambda: sum(detlosses.rank_sort_loss(x, iou_targets, distributed=True)),
+        "pap": lambda: detlosses.parameterized_ap_loss(x, targets, ious, distributed=True),
+        "ghmc": lambda: detlosses.GHMC(distributed=True)(x.reshape(-1, CLASSES),
+                                                         targets.clamp(min=0).reshape(-1, CLASSES).float(),
+                                                         valid.reshape(-1, CLASSES)),
     }
 
 
 def _worker(rank: int, world: int, init: str, spec: dict, result_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    count_collectives()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(rank)
     shape = (spec["images"], spec["anchors"], CLASSES)

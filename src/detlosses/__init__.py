@@ -36,6 +36,8 @@ __all__ = [
     "load_pap_params",
     "save_pap_params",
     "scale_gradient",
+    "set_validate_args",
+    "validate_args_enabled",
     "weight_reduce_loss",
     "__version__",
 ]

@@ -82,7 +82,9 @@ def _worker(rank: int, init_file: str, result_dir: str) -> None:
     share = slice(rank * per, (rank + 1) * per)
     counts_before = int((targets[: share.start] == 1).sum())
     local_errors = errors_all[counts_before: counts_before + int((targets[share] == 1).sum())]
-    out = run_losses(logits[share], targets[share], ious[share], jitter[share], local_errors, None)
+    out = run_losses(logits[share], targets[share], ious[share], jitter[share], local_errors, True)
+    if rank == 0:  # the default ranks this rank's tensors alone: called on one rank only, it cannot hang
+        out["local_only"] = float(detlosses.ap_loss(logits[share], targets[share]))
     torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -119,6 +121,13 @@ def test_two_ranks_equal_one_process_on_the_union(name, two_rank_results, single
                 want = want[start:start + counts[rank]]
             # each rank's gradients are scaled by the world size to undo DDP's averaging
             torch.testing.assert_close(got / WORLD, want, rtol=1e-7, atol=1e-13, msg=f"{name} rank {rank}")
+
+
+def test_the_default_is_this_process_alone(two_rank_results):
+    logits, targets, _, _ = make_batch()
+    per = logits.shape[0] // WORLD
+    expected = float(detlosses.ap_loss(logits[:per], targets[:per], distributed=False))
+    assert two_rank_results[0]["local_only"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_ghm_histogram_state_is_the_union_state(two_rank_results, single_results):

@@ -5,6 +5,7 @@ Imports only torch and torchvision.
 
 from ._grad_scale import scale_gradient
 from ._reduction import weight_reduce_loss
+from ._validation import set_validate_args, validate_args_enabled
 from .alrp_loss import ALRPLoss, ALRPLossOutput, alrp_loss
 from .ap_loss import APLoss, ap_loss
 from .ghm import GHMC, GHMR
@@ -46,4 +47,6 @@ __all__ = [
     "save_pap_params",
     "scale_gradient",
     "weight_reduce_loss",
+    "set_validate_args",
+    "validate_args_enabled",
 ]

@@ -107,8 +107,8 @@ class RankingBatch:
         return list(sums.reshape(sums.shape[0], -1).unbind(1))
 
     def negative_gradient(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
-        """``sum_i c_i K(s_j - s_i)`` for every local negative ``j``, 0 elsewhere; working dtype ``(N,)``."""
-        return self.windows.point_sums(self.negatives, coefficients, kernel).to(self.scores.dtype)
+        """``sum_i c_i K(s_j - s_i)`` for every local negative ``j``, 0 elsewhere; float64 ``(N,)``."""
+        return self.windows.point_sums(self.negatives, coefficients, kernel)
 
     def positive_adjoint(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
         """``sum_i c_i K(s_l - s_i)`` for every positive ``l`` (all ranks), float64 ``(P,)``."""
@@ -130,7 +130,7 @@ def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor, n
     counting = not continuous and flat_targets.is_floating_point()
     ranged = continuous or not (counting or flat_targets.dtype == torch.bool)
     ranges = [_range(flat_logits), _range(flat_targets) if ranged else [],
-              *(_range(c.values.detach()) for c in checks)]
+              *(_range(c.values) for c in checks)]
     # float64 counts first: the stack promotes everything to float64 (exact up to 2^53)
     counts = [positive.sum(dtype=torch.float64)]
     if counting:
@@ -188,10 +188,10 @@ def prepare(
 
 def _prepare(logits: Tensor, targets: Tensor, kernels: HingeKernels, context: DistributedContext,
              continuous: bool, checks, before_windows) -> RankingBatch | None:
-    flat_targets = targets.reshape(-1)
+    flat_targets = targets if targets.dim() == 1 else targets.reshape(-1)
     positive = flat_targets > 0 if continuous else flat_targets == 1
     negative_mask = flat_targets == 0
-    flat_logits = logits.reshape(-1)
+    flat_logits = logits if logits.dim() == 1 else logits.reshape(-1)
     count = _fused_checks(flat_logits, flat_targets, positive, negative_mask, continuous,
                           checks(positive) if checks else ())
     if before_windows is not None:
@@ -243,12 +243,12 @@ class _IdentityUpdate(torch.autograd.Function):
             result.positives = [None if g is None else g[local] for g in result.positives]
         ctx.extra = [None if g is None else g.to(extra.dtype) for g in result.extra]
         ctx.gradients = []
-        for dense, at_positives in zip(result.negatives, result.positives, strict=True):
-            part = None if at_positives is None else at_positives.to(batch.scores.dtype)
-            if dense is not None and part is not None:
+        dtype = batch.scores.dtype
+        for dense, part in zip(result.negatives, result.positives, strict=True):
+            if dense is not None and part is not None:  # add in float64, then one conversion
                 dense = dense.index_put_((batch.positive_index,), part, accumulate=True)
                 part = None
-            ctx.gradients.append((dense, part))
+            ctx.gradients.append((None if dense is None else dense.to(dtype), None if part is None else part.to(dtype)))
         ctx.index = batch.positive_index
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         ctx.numel = logits.numel()
@@ -275,7 +275,9 @@ class _IdentityUpdate(torch.autograd.Function):
                 extra = grad * grad_out if extra is None else extra + grad * grad_out
         if total.dtype != ctx.logits_dtype:
             total = total.to(ctx.logits_dtype)
-        return total.view(ctx.logits_shape), extra, None, None
+        if total.shape != ctx.logits_shape:
+            total = total.view(ctx.logits_shape)
+        return total, extra, None, None
 
 
 def identity_update(logits: Tensor, batch: RankingBatch, formula: Callable[[RankingBatch], RankingGradients],

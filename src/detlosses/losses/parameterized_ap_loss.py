@@ -146,15 +146,21 @@ class _Form:
 
 
 _FORMS: dict[tuple, _Form] = {}
+_FORMS_BY_ID: dict[int, tuple[PAPParams, _Form]] = {}
 
 
 def _form_of(params: PAPParams) -> _Form:
-    """The evaluation-ready form of ``params`` (cached by value)."""
+    """The evaluation-ready form of ``params`` (cached by identity, then by value)."""
+    known = _FORMS_BY_ID.get(id(params))
+    if known is not None and known[0] is params:
+        return known[1]
     points = None if params.control_points is None else tuple(map(tuple, params.control_points.tolist()))
     key = (params.form, points)
     form = _FORMS.get(key)
     if form is None:
         form = _FORMS[key] = _Form(params)
+    if len(_FORMS_BY_ID) < 1024:  # keeps params alive: bounded
+        _FORMS_BY_ID[id(params)] = (params, form)
     return form
 
 

@@ -19,7 +19,10 @@ name                    classification + localisation
 ======================  ===================================================================
 
 All normalisations use the number of positives of the whole batch — under data parallelism, of
-every rank's batch (so every component, and Rank & Sort's self-balance weight, is the union's).
+every rank's batch (so every component, and Rank & Sort's self-balance weight, is the union's):
+the criteria opt every loss into data-parallel ranking (``distributed=True``, see
+:mod:`detlosses.distributed`), which is a single process when ``torch.distributed`` is not
+initialised.
 
 Every value stays on the device: normalisers, the box loss and the self-balance weights are
 tensors (``clamp(min=1)``, ``torch.where``), never ``float(...)``/``.item()`` of a device tensor;
@@ -50,7 +53,7 @@ from ..losses import (
     load_pap_params,
     rank_sort_loss,
 )
-from ..ranking.distributed import resolve_context, union_sum
+from ..distributed import resolve_context, union_sum
 from .assignment import DenseAssignment
 
 __all__ = ["DetectionCriterion", "CRITERIA", "build_criterion", "LOSS_NAMES"]
@@ -79,7 +82,7 @@ def _positive_mean(local_sum: Tensor, batch: DenseAssignment) -> Tensor:
     Under data parallelism both are the union's (the sum's gradient is scaled for DDP's averaging),
     so every rank normalises by the global number of positives. The count stays on the device.
     """
-    context = resolve_context()
+    context = resolve_context(True)
     count = context.all_reduce_sum(batch.positive_count(torch.float64)).clamp(min=1)
     total = union_sum(local_sum, context)
     compute = torch.promote_types(total.dtype, torch.float32)
@@ -136,7 +139,8 @@ class APCriterion(DetectionCriterion):
         self.box_loss = _check_box_loss(box_loss)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
-        cls = ap_loss(batch.cls_logits, batch.class_targets(), delta=self.delta, interpolate=self.interpolate)
+        cls = ap_loss(batch.cls_logits, batch.class_targets(), delta=self.delta, interpolate=self.interpolate,
+                      distributed=True)
         if _delta_box_loss(self.box_loss, batch):
             box = _positive_mean(F.smooth_l1_loss(
                 batch.positive_deltas, batch.positive_target_deltas(), beta=self.box_beta, reduction="sum"
@@ -153,7 +157,7 @@ class ALRPCriterion(DetectionCriterion):
 
     def __init__(self, delta: float = 1.0, initial_weight: float = 50.0) -> None:
         super().__init__()
-        self.alrp = ALRPLoss(delta=delta, initial_weight=initial_weight)
+        self.alrp = ALRPLoss(delta=delta, initial_weight=initial_weight, distributed=True)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         errors = batch.positive_giou_loss()
@@ -183,9 +187,9 @@ class RankSortCriterion(DetectionCriterion):
         ious = batch.positive_ious(pred_boxes)
         targets = batch.class_targets(torch.float32)
         targets = torch.where(targets == 1, batch.scatter_to_classes(ious.float()), targets)
-        ranking, sorting = rank_sort_loss(batch.cls_logits, targets, delta=self.delta)
+        ranking, sorting = rank_sort_loss(batch.cls_logits, targets, delta=self.delta, distributed=True)
         giou = batch.positive_giou_loss(pred_boxes)
-        context = resolve_context()
+        context = resolve_context(True)
         with torch.no_grad():
             scores = batch.cls_logits.detach().reshape(-1, batch.num_classes)[batch.positive_index]
             weights = torch.sigmoid(scores.float()).max(dim=1).values.to(giou.dtype)
@@ -220,7 +224,7 @@ class PAPCriterion(DetectionCriterion):
         super().__init__()
         if params_file is not None:
             params = load_pap_params(params_file)
-        self.pap = ParameterizedAPLoss(params, topk=topk, reg_weight=reg_weight)
+        self.pap = ParameterizedAPLoss(params, topk=topk, reg_weight=reg_weight, distributed=True)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         giou_loss = batch.positive_giou_loss()
@@ -253,9 +257,9 @@ class GHMCriterion(DetectionCriterion):
         bias_correction: bool = False,
     ) -> None:
         super().__init__()
-        self.ghmc = GHMC(bins=bins, momentum=momentum, bias_correction=bias_correction)
+        self.ghmc = GHMC(bins=bins, momentum=momentum, bias_correction=bias_correction, distributed=True)
         self.ghmr = GHMR(mu=reg_mu, bins=reg_bins, momentum=reg_momentum, loss_weight=reg_loss_weight,
-                         bias_correction=bias_correction)
+                         bias_correction=bias_correction, distributed=True)
         self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64), persistent=False)
         self.last_histogram: list[float] | None = None
 
@@ -299,12 +303,12 @@ class IoUBalancedCriterion(DetectionCriterion):
         per_anchor.view(-1)[batch.positive_index] = ious.to(per_anchor.dtype)
         cls = _positive_mean(iou_balanced_focal_loss(
             batch.cls_logits, batch.class_targets(batch.cls_logits.dtype), per_anchor,
-            eta=self.eta, alpha=self.alpha, gamma=self.gamma,
+            eta=self.eta, alpha=self.alpha, gamma=self.gamma, distributed=True,
         ), batch)
         deltas = batch.positive_deltas
         box = _positive_mean(iou_balanced_smooth_l1_loss(
             deltas, batch.positive_target_deltas().to(deltas.dtype), ious.to(deltas.dtype).clamp(0, 1),
-            lam=self.lam, beta=self.beta,
+            lam=self.lam, beta=self.beta, distributed=True,
         ), batch)
         return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
 

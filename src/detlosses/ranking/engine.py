@@ -192,13 +192,13 @@ class Windows:
             edges = torch.where(self.tables.closed, torch.nextafter(edges, self.tables.minus_infinity), edges)
         self.sorted_edges, self.order = torch.sort(edges.view(-1))
         self.num_edges = self.sorted_edges.numel()
-        # A point is above edge e iff its bucket (number of edges strictly below it) exceeds e's
-        # position in the sorted order (any position among equal edges: no bucket lies between).
-        # The moments above e are a suffix over the buckets: a cumulative sum of the flipped table
-        # read at L - 1 - position(e), which is the inverse of the flipped order.
-        self.above_index = torch.argsort(self.order.flip(0)).view(edges.shape)  # (P, m)
-        # powers of the exact negated edges -(q_i + a_r), float64: (P, m, deg + 1)
-        self.edge_powers = torch.linalg.vander(torch.sub(self.tables.negated_offsets64, column.to(torch.float64)),
+        # A point is above edge e iff its bucket (number of edges strictly below it) is at least
+        # T(e) = #(edges <= e). The moments above e are a suffix over the buckets: a cumulative sum
+        # of the flipped table (rows L..0) read at L - T(e).
+        self.above_index = torch.rsub(torch.searchsorted(self.sorted_edges, edges, right=True), self.num_edges)
+        # powers of the exact negated edges -(q_i + a_r), float64 (the float32 scores promote
+        # exactly): (P, m, deg + 1)
+        self.edge_powers = torch.linalg.vander(torch.sub(self.tables.negated_offsets64, column),
                                                N=kernels.degree + 1)
         self._grid: tuple[Tensor, Tensor, Tensor, int] | None = None
 
