@@ -77,10 +77,9 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-import detlosses
 from torchvision.ops import sigmoid_focal_loss
 
+import detlosses
 from benchmarks.losses import _leaf, device_description, focal_call, make_batch, measure
 
 LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm")
@@ -299,25 +298,14 @@ def count_operators(fn: Callable[[], object], *, warmup: bool = True, cuda: bool
 
 
 # ------------------------------------------------------------------------------------- validation
-def validation_switch() -> Callable[[bool], None] | None:
-    """``detlosses.set_validate_args`` when this version has it, else ``None``."""
-    return getattr(detlosses, "set_validate_args", None)
-
-
 @contextlib.contextmanager
 def validation(enabled: bool) -> Iterator[None]:
-    """Input validation on or off for the block (restored to on, the default, afterwards)."""
-    switch = validation_switch()
-    if switch is None:
-        if not enabled:
-            raise RuntimeError("this detlosses has no set_validate_args: validation cannot be turned off")
-        yield
-        return
-    switch(enabled)
+    """Input validation (:func:`detlosses.set_validate_args`) on or off for the block; on afterwards."""
+    detlosses.set_validate_args(enabled)
     try:
         yield
     finally:
-        switch(True)
+        detlosses.set_validate_args(True)
 
 
 # ------------------------------------------------------------------------------------- calls
@@ -457,14 +445,13 @@ def run(sizes: list[tuple[int, int]], losses: tuple[str, ...], device: str | tor
         repeats: int = 20) -> dict:
     device = torch.device(device)
     on_cuda = device.type == "cuda"
-    can_switch = validation_switch() is not None
     records = []
     for n, p in sizes:
         batch = make_batch(n, p, device=device)
         focal_s = None
         for name in losses:
             on = measure_loss(name, batch, validate=True)
-            off = measure_loss(name, batch, validate=False) if can_switch else None
+            off = measure_loss(name, batch, validate=False)
             record = {"loss": name, "N": n, "P": p, "validate": on.as_dict(),
                       "no_validate": off.as_dict() if off is not None else None}
             if on_cuda:
@@ -484,7 +471,6 @@ def run(sizes: list[tuple[int, int]], losses: tuple[str, ...], device: str | tor
         "torch": torch.__version__,
         "device": str(device),
         "device_name": device_description(device),
-        "validation_switch": can_switch,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
@@ -571,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     if "focal" not in losses and device.type == "cuda":
         print("note: times are relative to focal loss, measured anyway", file=sys.stderr)
     print(f"torch {torch.__version__}, {device} ({device_description(device)}); one warm forward + backward "
-          f"call per loss; validation switch: {'yes' if validation_switch() else 'not in this detlosses'}")
+          "call per loss; counts with input validation on and off (detlosses.set_validate_args)")
     print("\n".join(header(device.type == "cuda")))
     result = run(parse_sizes(args.sizes), losses, device, args.repeats)
     criteria = CRITERIA if args.criteria == "all" else tuple(c for c in args.criteria.split(",") if c)

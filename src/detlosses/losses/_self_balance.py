@@ -2,16 +2,17 @@
 
 ``L = L_cls + w L_loc`` with ``w`` re-estimated at the end of every epoch as
 ``(mean L_loc + mean L_cls) / mean L_loc`` over that epoch's iterations. The running sums and the
-weight are buffers (saved in ``state_dict``, moved with the module). Under
-``torch.distributed`` the sums are all-reduced before the update, so every rank holds the same
-weight.
+weight are buffers (saved in ``state_dict``, moved with the module). With ``distributed=True``
+(:mod:`detlosses.distributed`) the sums are all-reduced before the update, so every rank holds the
+same weight.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+from ..distributed import resolve_context
 
 __all__ = ["SelfBalance"]
 
@@ -20,8 +21,9 @@ class SelfBalance(nn.Module):
     weight: Tensor
     sums: Tensor
 
-    def __init__(self, initial_weight: float = 50.0) -> None:
+    def __init__(self, initial_weight: float = 50.0, distributed: bool = False) -> None:
         super().__init__()
+        self.distributed = distributed
         initial_weight = float(initial_weight)
         if not initial_weight > 0.0:
             raise ValueError(f"the initial self-balance weight must be > 0, got {initial_weight}")
@@ -46,19 +48,9 @@ class SelfBalance(nn.Module):
 
     @torch.no_grad()
     def end_epoch(self) -> float:
-        sums = self.sums.clone()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            backend_device = self._collective_device()
-            reduced = sums.to(backend_device)
-            dist.all_reduce(reduced)
-            sums = reduced.to(self.sums.device)
-        sum_cls, sum_loc, count = (float(v) for v in sums)
+        sums = resolve_context(self.distributed).all_reduce_sum(self.sums.clone())
+        sum_cls, sum_loc, count = sums.tolist()
         self.sums.zero_()
         if count > 0 and sum_loc > 0.0:
             self.weight.fill_((sum_loc + sum_cls) / sum_loc)
         return self.current
-
-    def _collective_device(self) -> torch.device:
-        if dist.get_backend() == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")

@@ -151,7 +151,7 @@ class ALRPLoss(nn.Module):
         self.eps = check_nonnegative_scalar(eps, "eps")
         self.loss_weight = float(loss_weight)
         self.distributed = distributed
-        self.self_balance = SelfBalance(initial_weight)
+        self.self_balance = SelfBalance(initial_weight, distributed=distributed)
 
     @property
     def weight(self) -> float:

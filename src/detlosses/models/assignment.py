@@ -30,6 +30,7 @@ __all__ = ["DenseAssignment", "BACKGROUND", "IGNORED", "aligned_iou", "generaliz
 
 BACKGROUND = -1
 IGNORED = -2
+HEADS = ("retinanet", "fcos")
 
 
 def aligned_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -89,6 +90,8 @@ class DenseAssignment:
         matched_boxes: ``(B, A, 4)`` ground-truth box of each positive (zeros elsewhere).
         box_coder: torchvision's ``BoxCoder`` (RetinaNet) or ``BoxLinearCoder`` (FCOS).
         extras: head-specific outputs, e.g. ``"bbox_ctrness"`` ``(B, A, 1)`` for FCOS.
+        head: ``"retinanet"`` (anchors, deltas of ``BoxCoder``) or ``"fcos"`` (locations,
+            ``BoxLinearCoder`` distances, a centerness branch).
     """
 
     cls_logits: Tensor
@@ -98,6 +101,11 @@ class DenseAssignment:
     matched_boxes: Tensor
     box_coder: object
     extras: dict[str, Tensor] = field(default_factory=dict)
+    head: str = "retinanet"
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
 
     @classmethod
     def from_matches(
@@ -107,6 +115,7 @@ class DenseAssignment:
         anchors: list[Tensor],
         matched_idxs: list[Tensor],
         box_coder: object,
+        head: str = "retinanet",
     ) -> DenseAssignment:
         """Build from torchvision's head outputs and per-image matcher results.
 
@@ -136,6 +145,7 @@ class DenseAssignment:
             matched_boxes=torch.stack(boxes).to(head_outputs["bbox_regression"].dtype),
             box_coder=box_coder,
             extras=extras,
+            head=head,
         )
 
     # ------------------------------------------------------------------ masks and counts
@@ -206,7 +216,7 @@ class DenseAssignment:
         """The deltas that would reproduce each positive's ground-truth box from its anchor."""
         anchors = self.positive_anchors
         gt = self.positive_gt_boxes
-        if hasattr(self.box_coder, "encode_single"):  # BoxCoder (RetinaNet)
+        if self.head == "retinanet":  # BoxCoder
             return self.box_coder.encode_single(gt, anchors)
         return self.box_coder.encode(anchors, gt)  # BoxLinearCoder (FCOS)
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
+from ..distributed import resolve_context, union_sum
 from ..losses import (
     GHMC,
     GHMR,
@@ -53,7 +54,6 @@ from ..losses import (
     load_pap_params,
     rank_sort_loss,
 )
-from ..distributed import resolve_context, union_sum
 from .assignment import DenseAssignment
 
 __all__ = ["DetectionCriterion", "CRITERIA", "build_criterion", "LOSS_NAMES"]
@@ -67,6 +67,11 @@ class DetectionCriterion(nn.Module):
     def epoch_end(self) -> dict[str, float]:
         """Called once at the end of every training epoch; returns values to log."""
         return {}
+
+    def gradient_norm_histogram(self) -> tuple[list[float], list[float]] | None:
+        """``(bin edges, counts)`` of the finished epoch's gradient norms, for criteria that keep
+        one (GHM); ``None`` otherwise."""
+        return None
 
     def extra_logs(self) -> dict[str, Tensor | float]:
         """Values to log with every training step (e.g. a self-balance weight).
@@ -98,7 +103,7 @@ def _check_box_loss(box_loss: str) -> str:
 def _delta_box_loss(box_loss: str, batch: DenseAssignment) -> bool:
     """Whether to regress deltas: ``"auto"`` does for anchor heads (RetinaNet), not for FCOS (GIoU)."""
     if box_loss == "auto":
-        return "bbox_ctrness" not in batch.extras
+        return batch.head == "retinanet"
     return box_loss == "delta"
 
 
@@ -200,7 +205,7 @@ class RankSortCriterion(DetectionCriterion):
         with torch.no_grad():  # lambda = (L_rank + L_sort) / L_box (0 when L_box is not positive), in float64
             box_value = box.detach().to(torch.float64)
             ranking_value = (ranking + sorting).detach().to(device=box_value.device, dtype=torch.float64)
-            balance = torch.where(box_value > 0, ranking_value / box_value, 0.0)
+            balance = torch.where(box_value > 0, ranking_value, 0.0)
         self.last_weight = balance
         box = box * balance.to(box.dtype)
         return {"loss": ranking + sorting + box, "loss_rank": ranking, "loss_sort": sorting, "loss_box": box}
@@ -279,6 +284,9 @@ class GHMCriterion(DetectionCriterion):
 
     def histogram_edges(self) -> list[float]:
         return [i / self.ghmc.bins for i in range(self.ghmc.bins + 1)]
+
+    def gradient_norm_histogram(self) -> tuple[list[float], list[float]] | None:
+        return None if self.last_histogram is None else (self.histogram_edges(), self.last_histogram)
 
     def epoch_end(self) -> dict[str, float]:
         """Keeps the finished epoch's gradient-norm histogram in :attr:`last_histogram`."""

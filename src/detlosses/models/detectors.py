@@ -131,11 +131,13 @@ class _CriterionMixin:
 
     criterion: DetectionCriterion
     box_coder: object
+    head_kind: str  # DenseAssignment.head
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # noqa: D401 - torchvision API
-        batch = DenseAssignment.from_matches(targets, head_outputs, anchors, matched_idxs, self.box_coder)
+        batch = DenseAssignment.from_matches(targets, head_outputs, anchors, matched_idxs, self.box_coder,
+                                             head=self.head_kind)
         losses = self.criterion(batch)
-        if "bbox_ctrness" in batch.extras:
+        if batch.head == "fcos":
             ctrness = _centerness_loss(batch)
             losses = dict(losses)
             losses["loss"] = losses["loss"] + ctrness
@@ -157,6 +159,8 @@ def _centerness_loss(batch: DenseAssignment) -> Tensor:
 
 
 class RetinaNetCriterionHead(_CriterionMixin, RetinaNetHead):
+    head_kind = "retinanet"
+
     def __init__(
         self, in_channels: int, num_anchors: int, num_classes: int, criterion: DetectionCriterion,
         norm_layer=None,
@@ -167,6 +171,8 @@ class RetinaNetCriterionHead(_CriterionMixin, RetinaNetHead):
 
 
 class FCOSCriterionHead(_CriterionMixin, FCOSHead):
+    head_kind = "fcos"
+
     def __init__(self, in_channels: int, num_anchors: int, num_classes: int, criterion: DetectionCriterion):
         super().__init__(in_channels, num_anchors, num_classes)
         self.criterion = criterion

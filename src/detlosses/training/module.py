@@ -12,8 +12,6 @@ every step, since it must skip the optimiser step of a diverged loss.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .._atomic import atomic_write_json
 from ..data import label_to_category_id, rescale_boxes
 from ..evaluation import evaluate_detections, to_coco_detections
 from ..models import DetectorConfig, build_criterion, build_detector
@@ -38,14 +35,17 @@ def plain_targets(targets: list[dict[str, Any]]) -> list[dict[str, Tensor]]:
     return [{"boxes": t["boxes"].as_subclass(Tensor).float(), "labels": t["labels"]} for t in targets]
 
 
-def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
-    """Linear warm-up, then ``0.1 ** (number of milestones passed)``."""
-    epoch = step // max(steps_per_epoch, 1)
-    factor = 0.1 ** sum(epoch >= m for m in config.milestones)
-    if config.warmup_iters > 0 and step < config.warmup_iters:
-        alpha = step / config.warmup_iters
-        factor *= config.warmup_ratio * (1 - alpha) + alpha
-    return factor
+def lr_schedule(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-iteration schedule: linear warm-up from ``warmup_ratio`` over ``warmup_iters`` iterations,
+    times ``0.1`` at each milestone epoch (torch's ``LinearLR`` and ``MultiStepLR``, chained)."""
+    milestones = [m * max(steps_per_epoch, 1) for m in config.milestones]
+    steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    if config.warmup_iters <= 0:
+        return steps
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=max(config.warmup_ratio, 1e-12),
+                                               end_factor=1.0, total_iters=config.warmup_iters)
+    return torch.optim.lr_scheduler.ChainedScheduler([warmup, steps], optimizer=optimizer)
 
 
 class DetectionModule(pl.LightningModule):
@@ -155,12 +155,10 @@ class DetectionModule(pl.LightningModule):
         self._check_finite()
         for name, value in self.criterion.epoch_end().items():
             self.log(f"train/{name}", float(value), on_step=False, on_epoch=True)
-        histogram = getattr(self.criterion, "last_histogram", None)
+        histogram = self.criterion.gradient_norm_histogram()
         if histogram is not None and self.trainer.is_global_zero and self.run_dir is not None:
-            append_gradient_norms(
-                Path(self.run_dir) / "gradient_norms.json", self.criterion.histogram_edges(), self.current_epoch,
-                histogram,
-            )
+            edges, counts = histogram
+            append_gradient_norms(Path(self.run_dir) / "gradient_norms.json", edges, self.current_epoch, counts)
 
     def configure_optimizers(self):
         cfg = self.config
@@ -171,28 +169,8 @@ class DetectionModule(pl.LightningModule):
         else:  # a step budget: epochs as the data loader counts them
             steps_per_epoch = len(self.trainer.datamodule.train_dataloader())
         steps_per_epoch = max(1, steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
-        )
+        scheduler = lr_schedule(optimizer, steps_per_epoch, cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_train_end(self) -> None:
-        """Under data parallelism, record that every rank ends with the same weights and loss state."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        mine = {"rank": dist.get_rank(), "state_sha256": digest.hexdigest(),
-                "loss_state": {k: float(v) for k, v in self.criterion.extra_logs().items()}}
-        records: list[dict[str, Any] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(records, mine)
-        if self.trainer.is_global_zero and self.run_dir is not None:
-            identical = len({r["state_sha256"] for r in records}) == 1 and len(
-                {json.dumps(r["loss_state"], sort_keys=True) for r in records}) == 1
-            atomic_write_json({"world_size": len(records), "identical": identical, "ranks": records},
-                              Path(self.run_dir) / "distributed_check.json")
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:

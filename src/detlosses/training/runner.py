@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,8 @@ def _final_metrics(trainer: pl.Trainer, module: DetectionModule, datamodule: Det
         trainer.loggers = loggers
 
 
-def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = False) -> RunResult:
+def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = False,
+          callbacks: Sequence[pl.Callback] = ()) -> RunResult:
     """Train ``config``, evaluate the final model on the validation data, write the report.
 
     Args:
@@ -215,6 +217,7 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
         resume: continue the run in ``config.out`` from its last checkpoint; it must exist and have been
             trained with the same data and settings.
         resume_or_start: resume when ``config.out`` holds a run, else start a new one.
+        callbacks: extra Lightning callbacks for the training run (after the pipeline's own).
 
     Raises:
         FileExistsError: ``config.out`` holds a run and neither ``resume`` nor ``resume_or_start`` is set.
@@ -252,7 +255,8 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
     if ckpt_path:
         saved = torch.load(last, map_location="cpu", weights_only=False)
         resumed_at = (int(saved.get("epoch", 0)), int(saved.get("global_step", 0)))
-    trainer = _trainer(config, run_dir, for_fit=True, extra_callbacks=[timer, tracker], keep_best=keep_best)
+    trainer = _trainer(config, run_dir, for_fit=True, extra_callbacks=[timer, tracker, *callbacks],
+                       keep_best=keep_best)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero and earlier_log:
         _merge_csv_log(run_dir / "metrics.csv", earlier_log, *resumed_at)
