@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from ..distributed import resolve_context, union_sum
 from ..losses import (
     GHMC,
     GHMR,
@@ -54,6 +53,7 @@ from ..losses import (
     load_pap_params,
     rank_sort_loss,
 )
+from ..distributed import resolve_context, union_sum
 from .assignment import DenseAssignment
 
 __all__ = ["DetectionCriterion", "CRITERIA", "build_criterion", "LOSS_NAMES"]
@@ -205,7 +205,7 @@ class RankSortCriterion(DetectionCriterion):
         with torch.no_grad():  # lambda = (L_rank + L_sort) / L_box (0 when L_box is not positive), in float64
             box_value = box.detach().to(torch.float64)
             ranking_value = (ranking + sorting).detach().to(device=box_value.device, dtype=torch.float64)
-            balance = torch.where(box_value > 0, ranking_value, 0.0)
+            balance = torch.where(box_value > 0, ranking_value / box_value, 0.0)
         self.last_weight = balance
         box = box * balance.to(box.dtype)
         return {"loss": ranking + sorting + box, "loss_rank": ranking, "loss_sort": sorting, "loss_box": box}
@@ -229,7 +229,7 @@ class PAPCriterion(DetectionCriterion):
         super().__init__()
         if params_file is not None:
             params = load_pap_params(params_file)
-        self.pap = ParameterizedAPLoss(params, topk=topk, reg_weight=reg_weight, distributed=True)
+        self.pap = ParameterizedAPLoss(params, topk=topk, distributed=True)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         giou_loss = batch.positive_giou_loss()
