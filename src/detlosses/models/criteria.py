@@ -229,7 +229,7 @@ class PAPCriterion(DetectionCriterion):
         super().__init__()
         if params_file is not None:
             params = load_pap_params(params_file)
-        self.pap = ParameterizedAPLoss(params, topk=topk, distributed=True)
+        self.pap = ParameterizedAPLoss(params, topk=topk, reg_weight=reg_weight, distributed=True)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         giou_loss = batch.positive_giou_loss()
