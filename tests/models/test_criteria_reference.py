@@ -29,24 +29,28 @@ agree on one image, and on several images with the same number of positives; in 
 ``sum_b n_b L_b / sum_b n_b`` of torchvision's per-image losses ``L_b`` (all pinned below).
 torchvision's FCOS head already normalises by the batch's positives, so it agrees on any batch.
 
-Planted bugs (applied one at a time to ``criteria.py``, each made this module fail, reverted):
+Planted bugs: each was applied alone to ``criteria.py``, made this module fail (the tests named in
+brackets), and was reverted:
 
-* ``_positive_mean``: ``.clamp(min=1)`` -> ``.clamp(min=1) + 1`` (the positives' normaliser off by
-  one: focal, AP, IoU-balanced fail);
-* ``ALRPCriterion``: ``errors = batch.positive_giou_loss()`` -> ``0.5 * batch.positive_giou_loss()``
-  (the localisation errors halved);
-* ``RankSortCriterion``: box weights ``torch.sigmoid(...).max(dim=1).values`` -> ``torch.ones(...)``;
-* ``RankSortCriterion``: IoU targets from the predicted boxes replaced by 1 (``targets`` left ternary);
-* ``PAPCriterion``: ``reg_weight=reg_weight`` dropped (the preset's 4.1231 always) and, separately,
-  the soft IoU ``1 - 0.5 * giou_loss`` -> ``1 - giou_loss``;
-* ``GHMCriterion``: valid elements ``targets >= 0`` -> ``targets >= -1`` (ignored anchors counted in
-  GHM-C's ``tot`` and bin counts: the bin normaliser) and, separately, the histogram's bin index
-  ``g * bins`` -> ``g * (bins - 1)``;
-* ``IoUBalancedCriterion``: ``eta=self.eta`` -> ``eta=self.lam`` (caught with ``eta != lam``), and
-  ``ious.clamp(0, 1)`` of the box term -> ``(ious ** 0).clamp(0, 1)`` (IoU weights dropped);
-* ``APCriterion``: ``beta=self.box_beta`` dropped (smooth-L1 with beta 1);
-* ``FocalCriterion``: ``torch.where(valid, per_element, 0.0)`` -> ``per_element`` (ignored anchors
-  counted) and ``_delta_box_loss`` ``auto`` inverted for FCOS.
+* the positives' normaliser off by one, ``_positive_mean``: ``.clamp(min=1)`` -> ``.clamp(min=1) + 1``
+  [focal, ap, iou_balanced, both torchvision comparisons, the no-positive test];
+* aLRP's localisation errors halved, ``errors = 0.5 * batch.positive_giou_loss()`` [alrp];
+  ``initial_weight`` not passed to ``ALRPLoss`` [alrp, non-default options];
+* Rank & Sort's box weights replaced by ones [rank_sort]; its IoU targets left ternary (``targets``
+  not replaced by the IoUs) [rank_sort]; its self-balance ``L_rank + L_sort`` not divided by
+  ``L_box`` [rank_sort];
+* PAP's ``reg_weight`` not passed on (the preset's 4.1231 always) [pap, ``reg_weight=2``]; the soft
+  IoU ``1 - 0.5 * giou_loss`` -> ``1 - giou_loss`` [pap];
+* GHM's bin normaliser: ignored anchors counted as valid (``targets >= -1``: GHM-C's ``tot`` and bin
+  counts) [ghm]; the histogram's bin index ``g * bins`` -> ``g * (bins - 1)`` [ghm]; ``reg_mu`` not
+  passed to GHM-R [ghm, non-default options];
+* IoU-balanced: ``eta=self.eta`` -> ``eta=self.lam`` [iou_balanced, ``eta != lam``]; the box term's
+  IoU weights dropped (``ious ** 0``) [iou_balanced];
+* AP: ``beta=self.box_beta`` dropped (smooth-L1 with beta 1) [ap, RetinaNet]; ``interpolate`` ignored
+  [ap, non-default options];
+* focal: ignored anchors counted (``per_element.sum()``) [focal, torchvision]; ``gamma`` fixed at 2
+  [focal, non-default options]; ``box_loss="auto"`` inverted between the heads [focal, ap, torchvision
+  RetinaNet and FCOS].
 """
 
 from __future__ import annotations
