@@ -3,6 +3,10 @@
 The loss layer (this namespace, :mod:`detlosses.losses`, :mod:`detlosses.ranking`) needs only
 torch and torchvision; the detector pipeline, search and command line are optional extras.
 
+The top level holds the losses (functional and module forms), the Parameterized AP parameter
+sets and the validation switch; helpers (``scale_gradient``, ``weight_reduce_loss``,
+``control_points_from_theta``) stay in :mod:`detlosses.losses`.
+
 The names of ``__all__`` come from :mod:`detlosses.losses`, imported on first use (PEP 562), so that
 ``import detlosses.cli`` (``detlosses --help``) does not pay for importing torch and torchvision.
 """
@@ -19,6 +23,8 @@ __all__ = [
     "alrp_loss",
     "rank_sort_loss",
     "parameterized_ap_loss",
+    "ghmc_loss",
+    "ghmr_loss",
     "iou_balanced_focal_loss",
     "iou_balanced_smooth_l1_loss",
     "APLoss",
@@ -32,13 +38,10 @@ __all__ = [
     "IoUBalancedFocalLoss",
     "IoUBalancedSmoothL1Loss",
     "PAPParams",
-    "control_points_from_theta",
     "load_pap_params",
     "save_pap_params",
-    "scale_gradient",
     "set_validate_args",
     "validate_args_enabled",
-    "weight_reduce_loss",
     "__version__",
 ]
 

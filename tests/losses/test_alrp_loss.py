@@ -90,9 +90,10 @@ class TestSelfBalance:
     def test_weight_starts_at_50_and_combines_components(self):
         module = detlosses.ALRPLoss()
         logits, targets, errors = self.make()
-        out = module(logits, targets, errors)
+        loss = module(logits, targets, errors)
         assert module.weight == 50.0
-        torch.testing.assert_close(out["loss"], out["loss_cls"] + 50.0 * out["loss_loc"])
+        cls, loc = module.last_components
+        torch.testing.assert_close(loss, cls + 50.0 * loc)
 
     def test_end_epoch_uses_the_epoch_means(self):
         module = detlosses.ALRPLoss()
@@ -100,8 +101,8 @@ class TestSelfBalance:
         for seed in range(3):
             logits, targets, errors = self.make()
             logits = logits + seed
-            out = module(logits, targets, errors * (seed + 1))
-            values.append((out["loss_cls"].item(), out["loss_loc"].item()))
+            module(logits, targets, errors * (seed + 1))
+            values.append(tuple(v.item() for v in module.last_components))
         mean_cls = sum(v[0] for v in values) / 3
         mean_loc = sum(v[1] for v in values) / 3
         new = module.end_epoch()

@@ -118,4 +118,5 @@ def test_ghm_and_iou_balanced_inputs():
     with pytest.raises(ValueError, match=r"ious must lie in \[0, 1\]"):
         detlosses.iou_balanced_smooth_l1_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.tensor([0.5, 2.0]))
     with pytest.raises(ValueError, match="avg_factor can only be used"):
-        detlosses.iou_balanced_smooth_l1_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.rand(2), avg_factor=2.0)
+        detlosses.iou_balanced_smooth_l1_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.rand(2), avg_factor=2.0,
+                                              reduction="sum")

@@ -27,7 +27,7 @@ LOSSES = {
     "rank_sort": lambda x, b: sum(detlosses.rank_sort_loss(x, b[3])),
     "pap": lambda x, b: detlosses.parameterized_ap_loss(x, b[1], b[2]),
     "ghmc": lambda x, b: detlosses.GHMC(momentum=0.0)(x, b[1].clamp_min(0), (b[1] >= 0).float()),
-    "iou_focal": lambda x, b: detlosses.iou_balanced_focal_loss(x, b[1], b[2]),
+    "iou_focal": lambda x, b: detlosses.iou_balanced_focal_loss(x, b[1], b[2], reduction="sum"),
 }
 
 

@@ -20,7 +20,7 @@ def batch(seed, n=400, c=5):
 
 @pytest.mark.parametrize("momentum", [0.0, 0.75])
 def test_ghmc_matches_released_over_several_steps(momentum):
-    module = detlosses.GHMC(bins=30, momentum=momentum)
+    module = detlosses.GHMC(bins=30, momentum=momentum, bias_correction=False)  # as released
     ema = [0.0] * 30
     for step in range(5):
         pred, target, weight = batch(step)
@@ -38,7 +38,7 @@ def test_ghmc_matches_released_over_several_steps(momentum):
 
 @pytest.mark.parametrize("momentum", [0.0, 0.7])
 def test_ghmr_matches_released_over_several_steps(momentum):
-    module = detlosses.GHMR(mu=0.02, bins=10, momentum=momentum)
+    module = detlosses.GHMR(mu=0.02, bins=10, momentum=momentum, bias_correction=False)  # as released
     ema = [0.0] * 10
     for step in range(5):
         g = torch.Generator().manual_seed(step)
@@ -57,8 +57,8 @@ def test_ghmr_matches_released_over_several_steps(momentum):
 
 def test_bias_correction_removes_the_start_up_bias():
     pred, target, weight = batch(0)
-    plain = detlosses.GHMC(momentum=0.75)
-    corrected = detlosses.GHMC(momentum=0.75, bias_correction=True)
+    plain = detlosses.GHMC(momentum=0.75, bias_correction=False)
+    corrected = detlosses.GHMC(momentum=0.75)  # the default
     batch_only = detlosses.GHMC(momentum=0.0)
     # first step: the uncorrected EMA is (1 - m) c, weights 1/(1 - m) = 4x too large
     torch.testing.assert_close(plain(pred, target, weight), 4.0 * batch_only(pred, target, weight))
@@ -116,3 +116,15 @@ def test_reductions():
     torch.testing.assert_close(per_element.sum(), total)
     with pytest.raises(ValueError, match="reduction must be one of"):
         module(pred, target, weight, reduction_override="avg")
+
+
+def test_functional_forms_are_the_batch_density_modules():
+    g = torch.Generator().manual_seed(5)
+    pred = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    target = (torch.rand(200, 4, generator=g) < 0.1).double()
+    weight = (torch.rand(200, generator=g) < 0.9).double()
+    torch.testing.assert_close(detlosses.ghmc_loss(pred, target, weight),
+                               detlosses.GHMC(momentum=0.0)(pred, target, weight))
+    deltas, goal = torch.randn(30, 4, generator=g), torch.randn(30, 4, generator=g)
+    torch.testing.assert_close(detlosses.ghmr_loss(deltas, goal, reduction="sum"),
+                               detlosses.GHMR(momentum=0.0, reduction="sum")(deltas, goal))

@@ -21,7 +21,7 @@ def cls_batch(seed=0, n=300, c=4):
 def test_focal_matches_reference_and_gradients():
     logits, targets, ious = cls_batch()
     x = logits.clone().requires_grad_()
-    loss = detlosses.iou_balanced_focal_loss(x, targets, ious)
+    loss = detlosses.iou_balanced_focal_loss(x, targets, ious, reduction="sum")
     loss.backward()
     xr = logits.clone().requires_grad_()
     ref = reference.iou_balanced_focal(xr, targets, ious)
@@ -49,14 +49,14 @@ def test_focal_per_anchor_ious_and_ignored_and_avg_factor():
     logits, targets, ious = cls_batch(2)
     per_anchor = ious[:, 0]
     full = per_anchor[:, None].expand_as(logits)
-    a = detlosses.iou_balanced_focal_loss(logits, targets, per_anchor)
-    b = detlosses.iou_balanced_focal_loss(logits, targets, full)
+    a = detlosses.iou_balanced_focal_loss(logits, targets, per_anchor, reduction="sum")
+    b = detlosses.iou_balanced_focal_loss(logits, targets, full, reduction="sum")
     torch.testing.assert_close(a, b)
     ignored = targets.clone()
     ignored[:10] = -1
-    kept = detlosses.iou_balanced_focal_loss(logits[10:], targets[10:], ious[10:])
+    kept = detlosses.iou_balanced_focal_loss(logits[10:], targets[10:], ious[10:], reduction="sum")
     # ignored rows contribute nothing (normaliser computed on the same positives)
-    torch.testing.assert_close(detlosses.iou_balanced_focal_loss(logits, ignored, ious), kept)
+    torch.testing.assert_close(detlosses.iou_balanced_focal_loss(logits, ignored, ious, reduction="sum"), kept)
     module = detlosses.IoUBalancedFocalLoss(loss_weight=2.0, reduction="mean")
     torch.testing.assert_close(module(logits, targets, ious, avg_factor=7.0), 2.0 * a / 7.0)
 
@@ -68,7 +68,7 @@ def test_smooth_l1_matches_reference(normalize):
     target = 0.3 * torch.randn(50, 4, generator=g, dtype=torch.float64)
     ious = torch.rand(50, generator=g, dtype=torch.float64)
     x = pred.clone().requires_grad_()
-    loss = detlosses.iou_balanced_smooth_l1_loss(x, target, ious, normalize=normalize)
+    loss = detlosses.iou_balanced_smooth_l1_loss(x, target, ious, normalize=normalize, reduction="sum")
     loss.backward()
     xr = pred.clone().requires_grad_()
     ref = reference.iou_balanced_smooth_l1(xr, target, ious, normalize=normalize)
@@ -86,9 +86,9 @@ def test_smooth_l1_gradcheck_without_normaliser():
     target = torch.randn(8, 4, generator=g, dtype=torch.float64)
     ious = torch.rand(8, generator=g, dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda p: detlosses.iou_balanced_smooth_l1_loss(p, target, ious, normalize=False), (pred,)
+        lambda p: detlosses.iou_balanced_smooth_l1_loss(p, target, ious, normalize=False, reduction="sum"), (pred,)
     )
-    module = detlosses.IoUBalancedSmoothL1Loss(loss_weight=3.0, normalize=False)
+    module = detlosses.IoUBalancedSmoothL1Loss(loss_weight=3.0, normalize=False, reduction="sum")
     torch.testing.assert_close(
-        module(pred, target, ious), 3.0 * detlosses.iou_balanced_smooth_l1_loss(pred, target, ious, normalize=False)
+        module(pred, target, ious), 3.0 * detlosses.iou_balanced_smooth_l1_loss(pred, target, ious, normalize=False, reduction="sum")
     )

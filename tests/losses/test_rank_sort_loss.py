@@ -88,8 +88,11 @@ def test_module_returns_components():
     logits = torch.randn(100, dtype=torch.float64)
     iou = torch.rand(100, dtype=torch.float64)
     targets = torch.where(torch.rand(100) < 0.1, iou, torch.zeros(100, dtype=torch.float64))
-    out = detlosses.RankSortLoss(loss_weight=0.5)(logits, targets)
-    torch.testing.assert_close(out["loss"], 0.5 * (out["loss_rank"] + out["loss_sort"]))
+    module = detlosses.RankSortLoss(loss_weight=0.5)
+    loss = module(logits, targets)
+    ranking, sorting = module.last_components
+    torch.testing.assert_close(loss, 0.5 * (ranking + sorting))
+    torch.testing.assert_close(tuple(module.last_components), tuple(detlosses.rank_sort_loss(logits, targets)))
 
 
 def test_no_positive():

@@ -8,7 +8,7 @@ from ._reduction import weight_reduce_loss
 from ._validation import set_validate_args, validate_args_enabled
 from .alrp_loss import ALRPLoss, ALRPLossOutput, alrp_loss
 from .ap_loss import APLoss, ap_loss
-from .ghm import GHMC, GHMR
+from .ghm import GHMC, GHMR, ghmc_loss, ghmr_loss
 from .iou_balanced import (
     IoUBalancedFocalLoss,
     IoUBalancedSmoothL1Loss,
@@ -29,6 +29,8 @@ __all__ = [
     "alrp_loss",
     "rank_sort_loss",
     "parameterized_ap_loss",
+    "ghmc_loss",
+    "ghmr_loss",
     "iou_balanced_focal_loss",
     "iou_balanced_smooth_l1_loss",
     "APLoss",

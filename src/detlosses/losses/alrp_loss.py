@@ -131,8 +131,9 @@ def alrp_loss(
 class ALRPLoss(nn.Module):
     """aLRP Loss with the self-balance weight of Oksuz et al. (NeurIPS 2020, Sec. 4.2).
 
-    ``forward`` returns :class:`ALRPLossOutput`-like components plus the combined loss
-    ``cls + w * loc`` and records their detached values; :meth:`end_epoch` sets
+    ``forward`` returns the combined loss ``loss_weight * (cls + w * loc)`` (one tensor, like every
+    module of this package); the detached components of the last call are in
+    :attr:`last_components` (an :class:`ALRPLossOutput`, for logging). :meth:`end_epoch` sets
     ``w = (mean loc + mean cls) / mean loc`` over the recorded iterations and starts a new epoch
     (the released code did this every 3665 iterations, one COCO epoch at batch 32).
     The weight and the running sums live in buffers, so they are saved in ``state_dict``.
@@ -152,19 +153,20 @@ class ALRPLoss(nn.Module):
         self.loss_weight = float(loss_weight)
         self.distributed = distributed
         self.self_balance = SelfBalance(initial_weight, distributed=distributed)
+        self.last_components: ALRPLossOutput | None = None
 
     @property
     def weight(self) -> float:
         """Current self-balance weight ``w`` of the localisation component."""
         return self.self_balance.current
 
-    def forward(self, logits: Tensor, targets: Tensor, loc_errors: Tensor) -> dict[str, Tensor]:
+    def forward(self, logits: Tensor, targets: Tensor, loc_errors: Tensor) -> Tensor:
         cls, loc = alrp_loss(logits, targets, loc_errors, delta=self.delta, eps=self.eps,
                              distributed=self.distributed)
         if self.training:
             self.self_balance.record(cls, loc)
-        loss = self.loss_weight * (cls + self.self_balance.weight.to(loc.dtype) * loc)
-        return {"loss": loss, "loss_cls": cls, "loss_loc": loc}
+        self.last_components = ALRPLossOutput(cls.detach(), loc.detach())
+        return self.loss_weight * (cls + self.self_balance.weight.to(loc.dtype) * loc)
 
     def end_epoch(self) -> float:
         """Update ``w`` from this epoch's means (no-op if nothing was recorded); returns ``w``."""

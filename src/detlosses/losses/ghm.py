@@ -16,9 +16,10 @@ Both losses weight every element by the inverse density of its *gradient norm* `
 Better than the originals: the histogram is one ``index_add`` (no Python loop over bins with a
 host sync per bin, no host synchronisation at all: the value checks, when on, are one read); weights are float32 or wider whatever the input dtype (no fp16 overflow of
 ``tot / A_b``); one histogram covers whatever is passed (flatten every FPN level of the batch into
-one call) and, under data parallelism, every rank (counts all-reduced); and an opt-in bias
+one call) and, under data parallelism, every rank (counts all-reduced); and a bias
 correction ``A_b / (1 - m^k_b)`` (``k_b`` = updates of bin ``b``)
-removes the EMA's start-up bias (first weights ``1 / (1 - m)`` too large).
+removes the EMA's start-up bias (first weights ``1 / (1 - m)`` too large); it is on by default
+(``bias_correction=False`` is the release).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ._precision import full_precision
 from ._reduction import check_reduction
 from ._validation import check_finite, check_same_shape, check_tensor, validate_args_enabled
 
-__all__ = ["GHMC", "GHMR", "gradient_density_weights"]
+__all__ = ["ghmc_loss", "ghmr_loss", "GHMC", "GHMR", "gradient_density_weights"]
 
 
 @functools.cache
@@ -140,7 +141,9 @@ class GHMC(_GHMBase):
         momentum: EMA momentum of the bin counts (0.75); 0 uses the current batch only.
         loss_weight: multiplier of the result.
         reduction: ``"mean"`` (the released ``sum / tot``), ``"sum"`` or ``"none"``.
-        bias_correction: divide the EMA by ``1 - m^k`` (off by default, as released).
+        bias_correction: divide the EMA by ``1 - m^k`` (on by default: the released EMA starts at 0
+            without it, so its first weights are ``1 / (1 - m)`` too large — a defect the spec lists
+            as one to avoid; ``False`` reproduces the release).
         distributed: one histogram over every data-parallel rank (opt-in, see
             :mod:`detlosses.distributed`; default: this process alone).
 
@@ -149,7 +152,7 @@ class GHMC(_GHMBase):
     """
 
     def __init__(self, bins: int = 30, momentum: float = 0.75, loss_weight: float = 1.0,
-                 reduction: str = "mean", bias_correction: bool = False, distributed: bool = False) -> None:
+                 reduction: str = "mean", bias_correction: bool = True, distributed: bool = False) -> None:
         super().__init__(bins, momentum, loss_weight, reduction, bias_correction, distributed)
 
     @full_precision
@@ -199,11 +202,13 @@ class GHMR(_GHMBase):
         momentum: EMA momentum (0.7).
         loss_weight: multiplier (the paper's config uses 10).
         reduction: ``"mean"`` (``sum / tot``, ``tot`` = sum of label weights), ``"sum"``, ``"none"``.
-        bias_correction: divide the EMA by ``1 - m^k`` (off by default, as released).
+        bias_correction: divide the EMA by ``1 - m^k`` (on by default: the released EMA starts at 0
+            without it, so its first weights are ``1 / (1 - m)`` too large — a defect the spec lists
+            as one to avoid; ``False`` reproduces the release).
     """
 
     def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7, loss_weight: float = 1.0,
-                 reduction: str = "mean", bias_correction: bool = False, distributed: bool = False) -> None:
+                 reduction: str = "mean", bias_correction: bool = True, distributed: bool = False) -> None:
         super().__init__(bins, momentum, loss_weight, reduction, bias_correction, distributed)
         if not float(mu) > 0.0:
             raise ValueError(f"mu must be > 0, got {mu}")
@@ -243,3 +248,30 @@ def _expand_onehot(labels: Tensor, weight: Tensor | None, num_classes: int) -> t
     onehot = torch.zeros(*labels.shape, num_classes + 1, dtype=torch.float32, device=labels.device)
     onehot.scatter_(-1, labels[..., None].long(), 1.0)
     return onehot[..., :num_classes], weight
+
+
+def ghmc_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, *, bins: int = 30,
+              reduction: str = "mean", distributed: bool = False) -> Tensor:
+    """GHM-C of one batch, weighted by the batch's own gradient density (no EMA: the functional form
+    of :class:`GHMC` with ``momentum=0``; use the module for the paper's EMA over iterations).
+
+    Args:
+        pred: logits ``(N, C)`` (any shape).
+        target: binary targets of the same shape, or integer labels ``(N,)`` with ``C`` = background.
+        weight: label weights (``> 0`` = valid), same shape as ``pred`` or ``(N,)``.
+        bins, reduction, distributed: as for :class:`GHMC`.
+    """
+    return GHMC(bins=bins, momentum=0.0, reduction=reduction, distributed=distributed)(pred, target, weight)
+
+
+def ghmr_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, *, mu: float = 0.02, bins: int = 10,
+              reduction: str = "mean", distributed: bool = False) -> Tensor:
+    """GHM-R of one batch, weighted by the batch's own gradient density (the functional form of
+    :class:`GHMR` with ``momentum=0``).
+
+    Args:
+        pred, target: box deltas ``(N, 4)``.
+        weight: label weights, same shape.
+        mu, bins, reduction, distributed: as for :class:`GHMR`.
+    """
+    return GHMR(mu=mu, bins=bins, momentum=0.0, reduction=reduction, distributed=distributed)(pred, target, weight)

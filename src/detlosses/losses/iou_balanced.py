@@ -10,8 +10,9 @@ Detection", arXiv 1908.05641). Released code: ShengkaiWu/IoU-aware-single-stage-
   ``lambda = 1.5``; ``normalize=True`` (the paper's form) rescales so the total equals plain
   smooth-L1 (the released code used a fixed loss weight, 3.049 for RetinaNet R50, instead).
 
-Both return the *sum* by default; divide by the number of positives (``avg_factor``) as a
-detector does.
+Both follow mmdetection's reduction: ``reduction="mean"`` (the default) with ``avg_factor`` (the
+number of positives, as a detector passes it) divides the sum by it; ``"sum"`` and ``"none"`` as
+usual.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def iou_balanced_focal_loss(
     eta: float = 1.5,
     alpha: float = 0.25,
     gamma: float = 2.0,
-    reduction: str = "sum",
+    reduction: str = "mean",
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
     distributed: bool = False,
@@ -68,7 +69,8 @@ def iou_balanced_focal_loss(
             positives), with the shape of ``logits`` or one per anchor (``logits.shape[:-1]``).
         eta: exponent of the IoU weight.
         alpha, gamma: focal-loss parameters.
-        reduction: ``"sum"`` (default), ``"mean"`` or ``"none"``; ``avg_factor`` divides the sum.
+        reduction: ``"mean"`` (default; with ``avg_factor``: the sum divided by it), ``"sum"`` or
+            ``"none"``.
         weight: optional element weights (multiplied in, e.g. to drop elements).
         distributed: compute the normaliser ``Z`` over every data-parallel rank (opt-in, see
             :mod:`detlosses.distributed`; default: this process alone).
@@ -110,7 +112,7 @@ def iou_balanced_smooth_l1_loss(
     lam: float = 1.5,
     beta: float = 0.11,
     normalize: bool = True,
-    reduction: str = "sum",
+    reduction: str = "mean",
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
     distributed: bool = False,
@@ -152,7 +154,7 @@ def iou_balanced_smooth_l1_loss(
 class IoUBalancedFocalLoss(nn.Module):
     """Module form of :func:`iou_balanced_focal_loss` (mmdetection-style ``loss_weight``)."""
 
-    def __init__(self, eta: float = 1.5, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "sum",
+    def __init__(self, eta: float = 1.5, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean",
                  loss_weight: float = 1.0) -> None:
         super().__init__()
         self.eta, self.alpha, self.gamma = float(eta), float(alpha), float(gamma)
@@ -170,7 +172,7 @@ class IoUBalancedFocalLoss(nn.Module):
 class IoUBalancedSmoothL1Loss(nn.Module):
     """Module form of :func:`iou_balanced_smooth_l1_loss` (mmdetection-style ``loss_weight``)."""
 
-    def __init__(self, lam: float = 1.5, beta: float = 0.11, normalize: bool = True, reduction: str = "sum",
+    def __init__(self, lam: float = 1.5, beta: float = 0.11, normalize: bool = True, reduction: str = "mean",
                  loss_weight: float = 1.0) -> None:
         super().__init__()
         self.lam, self.beta, self.normalize = float(lam), float(beta), bool(normalize)

@@ -111,7 +111,9 @@ def rank_sort_loss(
 
 
 class RankSortLoss(nn.Module):
-    """Module form of :func:`rank_sort_loss`; returns ``{"loss", "loss_rank", "loss_sort"}``."""
+    """Module form of :func:`rank_sort_loss`: returns ``loss_weight * (ranking + sorting)`` (one
+    tensor, like every module of this package); the detached components of the last call are in
+    :attr:`last_components` (a :class:`RankSortLossOutput`, for logging)."""
 
     def __init__(
         self, delta: float = 0.5, eps: float = RANK_SORT_EPS, loss_weight: float = 1.0, distributed: bool = False
@@ -121,11 +123,13 @@ class RankSortLoss(nn.Module):
         self.eps = check_nonnegative_scalar(eps, "eps")
         self.loss_weight = float(loss_weight)
         self.distributed = distributed
+        self.last_components: RankSortLossOutput | None = None
 
-    def forward(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         ranking, sorting = rank_sort_loss(logits, targets, delta=self.delta, eps=self.eps,
                                           distributed=self.distributed)
-        return {"loss": self.loss_weight * (ranking + sorting), "loss_rank": ranking, "loss_sort": sorting}
+        self.last_components = RankSortLossOutput(ranking.detach(), sorting.detach())
+        return self.loss_weight * (ranking + sorting)
 
     def extra_repr(self) -> str:
         return f"delta={self.delta}, loss_weight={self.loss_weight}"

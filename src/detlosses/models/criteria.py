@@ -108,7 +108,8 @@ def _delta_box_loss(box_loss: str, batch: DenseAssignment) -> bool:
 
 
 class FocalCriterion(DetectionCriterion):
-    """Sigmoid focal loss over valid anchors + L1 on deltas (``box_loss="l1"``) or GIoU."""
+    """Sigmoid focal loss over valid anchors + L1 on deltas (``box_loss="delta"``, the RetinaNet
+    default of ``"auto"``) or GIoU (``"giou"``, the FCOS default)."""
 
     name = "focal"
 
@@ -166,8 +167,9 @@ class ALRPCriterion(DetectionCriterion):
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         errors = batch.positive_giou_loss()
-        out = self.alrp(batch.cls_logits, batch.class_targets(), errors)
-        return {"loss": out["loss"], "loss_cls": out["loss_cls"], "loss_loc": out["loss_loc"]}
+        loss = self.alrp(batch.cls_logits, batch.class_targets(), errors)
+        cls, loc = self.alrp.last_components
+        return {"loss": loss, "loss_cls": cls, "loss_loc": loc}
 
     def epoch_end(self) -> dict[str, float]:
         return {"sb_weight": self.alrp.end_epoch()}
@@ -190,14 +192,15 @@ class RankSortCriterion(DetectionCriterion):
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         pred_boxes = batch.positive_pred_boxes()
         ious = batch.positive_ious(pred_boxes)
-        targets = batch.class_targets(torch.float32)
-        targets = torch.where(targets == 1, batch.scatter_to_classes(ious.float()), targets)
+        dtype = torch.promote_types(batch.cls_logits.dtype, torch.float32)
+        targets = batch.class_targets(dtype)
+        targets = torch.where(targets == 1, batch.scatter_to_classes(ious.to(dtype)), targets)
         ranking, sorting = rank_sort_loss(batch.cls_logits, targets, delta=self.delta, distributed=True)
         giou = batch.positive_giou_loss(pred_boxes)
         context = resolve_context(True)
         with torch.no_grad():
             scores = batch.cls_logits.detach().reshape(-1, batch.num_classes)[batch.positive_index]
-            weights = torch.sigmoid(scores.float()).max(dim=1).values.to(giou.dtype)
+            weights = torch.sigmoid(scores.to(dtype)).max(dim=1).values.to(giou.dtype)
             total_weight = context.all_reduce_sum(weights.sum().to(torch.float64))
             total_weight = torch.where(total_weight > 1e-10, total_weight, 1.0).to(giou.dtype)
         # over the positives of every rank; so the self-balance weight below is the same on every rank
@@ -259,7 +262,7 @@ class GHMCriterion(DetectionCriterion):
         reg_bins: int = 10,
         reg_momentum: float = 0.7,
         reg_loss_weight: float = 10.0,
-        bias_correction: bool = False,
+        bias_correction: bool = True,
     ) -> None:
         super().__init__()
         self.ghmc = GHMC(bins=bins, momentum=momentum, bias_correction=bias_correction, distributed=True)
@@ -311,12 +314,12 @@ class IoUBalancedCriterion(DetectionCriterion):
         per_anchor.view(-1)[batch.positive_index] = ious.to(per_anchor.dtype)
         cls = _positive_mean(iou_balanced_focal_loss(
             batch.cls_logits, batch.class_targets(batch.cls_logits.dtype), per_anchor,
-            eta=self.eta, alpha=self.alpha, gamma=self.gamma, distributed=True,
+            eta=self.eta, alpha=self.alpha, gamma=self.gamma, reduction="sum", distributed=True,
         ), batch)
         deltas = batch.positive_deltas
         box = _positive_mean(iou_balanced_smooth_l1_loss(
             deltas, batch.positive_target_deltas().to(deltas.dtype), ious.to(deltas.dtype).clamp(0, 1),
-            lam=self.lam, beta=self.beta, distributed=True,
+            lam=self.lam, beta=self.beta, reduction="sum", distributed=True,
         ), batch)
         return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
 
