@@ -90,5 +90,6 @@ def test_smooth_l1_gradcheck_without_normaliser():
     )
     module = detlosses.IoUBalancedSmoothL1Loss(loss_weight=3.0, normalize=False, reduction="sum")
     torch.testing.assert_close(
-        module(pred, target, ious), 3.0 * detlosses.iou_balanced_smooth_l1_loss(pred, target, ious, normalize=False, reduction="sum")
+        module(pred, target, ious),
+        3.0 * detlosses.iou_balanced_smooth_l1_loss(pred, target, ious, normalize=False, reduction="sum"),
     )

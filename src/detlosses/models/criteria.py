@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
+from ..distributed import resolve_context, union_sum
 from ..losses import (
     GHMC,
     GHMR,
@@ -53,7 +54,6 @@ from ..losses import (
     load_pap_params,
     rank_sort_loss,
 )
-from ..distributed import resolve_context, union_sum
 from .assignment import DenseAssignment
 
 __all__ = ["DetectionCriterion", "CRITERIA", "build_criterion", "LOSS_NAMES"]
