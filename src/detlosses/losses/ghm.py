@@ -13,13 +13,13 @@ Both losses weight every element by the inverse density of its *gradient norm* `
   ``bins`` on ``[0, 1)`` (last edge 1e3), ``tot = sum`` of the label weights, same weighting,
   ``loss = sum w ASL1 / tot``.
 
-Better than the originals: the histogram is one ``index_add`` (no Python loop over bins with a
-host sync per bin, no host synchronisation at all: the value checks, when on, are one read);
-weights are float32 or wider whatever the input dtype (no fp16 overflow of ``tot / A_b``); one histogram covers whatever is passed (flatten every FPN level of the batch into
-one call) and, under data parallelism, every rank (counts all-reduced); and a bias
-correction ``A_b / (1 - m^k_b)`` (``k_b`` = updates of bin ``b``)
-removes the EMA's start-up bias (first weights ``1 / (1 - m)`` too large); it is on by default
-(``bias_correction=False`` is the release).
+Better than the originals: the histogram is one ``index_add`` (no Python loop over bins with a host
+sync per bin, no host synchronisation at all: the value checks, when on, are one read); weights are
+float32 or wider whatever the input dtype (no fp16 overflow of ``tot / A_b``); one histogram covers
+whatever is passed (flatten every FPN level of the batch into one call) and, under data
+parallelism, every rank (counts all-reduced); and a bias correction ``A_b / (1 - m^k_b)`` (``k_b``
+= updates of bin ``b``) removes the EMA's start-up bias (first weights ``1 / (1 - m)`` too large);
+it is on by default (``bias_correction=False`` is the release).
 """
 
 from __future__ import annotations
