@@ -51,9 +51,9 @@ from .kernels import PiecewisePolynomialKernel
 __all__ = ["HingeKernels", "Windows", "working_dtype"]
 
 # On the CPU, from this many points on, a uniform grid buckets faster than a binary search per point
-# (measured: about 2x at 16e6 points); below, one binary search costs fewer operators and no
-# compaction. CUDA always uses the binary search (fast there, and free of host synchronisations).
-_GRID_MIN_POINTS = 2_000_000
+# (a binary search per point is memory-latency bound there: ~30 ms for 1e6 points and 2000 edges);
+# CUDA always uses the binary search (fast there, and free of host synchronisations).
+_GRID_MIN_POINTS = 32_768
 _GRID_CELLS_PER_EDGE = 32
 _GRID_MIN_CELLS = 4_096
 _GRID_MAX_CELLS = 1 << 21
@@ -167,9 +167,20 @@ def _kernel_tensors(kernels: HingeKernels, dtype: torch.dtype, device: torch.dev
 class PointSet:
     """Points bucketed among the edges of one :class:`Windows`."""
 
-    buckets: Tensor  # (M,) int32: edges strictly below each point (0 for points left out)
-    powers: Tensor  # (M, deg + 1) float64: powers of the point
+    buckets: Tensor  # (M,) int64: edges strictly below each point (0 for points left out)
+    values: Tensor  # (M,) float64: the points
     keep: Tensor | None = None  # (M,) bool: the points that take part (None: all)
+
+    def power_rows(self, degree: int) -> list[Tensor]:
+        """``1, x, x^2, ...`` up to ``degree``, each ``(M,)`` (the ones expanded, not stored)."""
+        rows = [self.values.new_ones(()).expand(self.values.shape[0]), self.values]
+        if degree >= 2:
+            rows.append(self.values * self.values)
+        return rows
+
+    def powers(self, degree: int) -> Tensor:
+        """``(deg + 1, M)``: :meth:`power_rows` stacked."""
+        return torch.stack(self.power_rows(degree))
 
 
 class Windows:
@@ -212,18 +223,18 @@ class Windows:
             buckets = self.bucketize(scores)
         if keep is not None:
             buckets = torch.where(keep, buckets, 0)
-        return PointSet(buckets, torch.linalg.vander(scores.to(torch.float64), N=self.kernels.degree + 1), keep)
+        return PointSet(buckets, scores.to(torch.float64), keep)
 
     def bucketize(self, scores: Tensor) -> Tensor:
         """Number of edges strictly below each score, int64 in ``[0, L]``."""
         if scores.device.type != "cpu" or scores.numel() < max(_GRID_MIN_POINTS, 8 * self.num_edges):
-            return torch.searchsorted(self.sorted_edges, scores, out_int32=True)
+            return torch.searchsorted(self.sorted_edges, scores)
         # CPU: a uniform grid answers most points with one multiply-add and one look-up; points in a
         # cell that holds an edge are finished by binary search (exact either way).
         scale, low, base, top = self._grid_tables(scores.numel())
         buckets = torch.take(base, self._cells(scores, low, scale, top))
         dirty = (buckets < 0).nonzero().squeeze(1)
-        buckets[dirty] = torch.searchsorted(self.sorted_edges, scores[dirty], out_int32=True)
+        buckets[dirty] = torch.searchsorted(self.sorted_edges, scores[dirty])
         return buckets
 
     @staticmethod
@@ -242,7 +253,7 @@ class Windows:
             # cell c holds the edges in [first[c], first[c + 1]); points in a cell without an edge
             # have first[c] edges below them
             first = torch.searchsorted(edge_cells, torch.arange(inner + 3, device=edge_cells.device))
-            base = torch.where(first.diff() > 0, -1, first[:-1]).int()
+            base = torch.where(first.diff() > 0, -1, first[:-1])
             self._grid = (scale, low, base, inner)
         return self._grid
 
@@ -258,27 +269,31 @@ class Windows:
                 (one channel of ones).
 
         Returns:
-            ``(P, K, C_total)`` float64.
+            ``(P, K, C_total)`` float64; ``(P, C_total)`` for a single kernel.
         """
+        degree = self.kernels.degree
         channels = sum(1 if weights is None else weights.shape[1] for _, weights in point_sets)
-        table = point_sets[0][0].powers.new_zeros(self.num_edges + 1, channels, self.kernels.degree + 1)
+        # (channel, power, bucket): every accumulation runs along the last, contiguous dimension
+        table = point_sets[0][0].values.new_zeros(channels, degree + 1, self.num_edges + 1)
         start = 0
         for points, weights in point_sets:
-            if weights is None:  # one channel of ones
-                table.select(1, start).index_add_(0, points.buckets, points.powers)
+            if weights is None:  # one channel of ones: each power's row on its own (no (J, M) copy)
+                for row, power in zip(table.select(0, start).unbind(0), points.power_rows(degree), strict=True):
+                    row.index_add_(0, points.buckets, power)
                 start += 1
-            else:
-                source = torch.einsum("mc,mj->mcj", weights, points.powers)
-                table.narrow(1, start, weights.shape[1]).index_add_(0, points.buckets, source)
-                start += weights.shape[1]
-        # moments of the points above each edge (suffix sums over the buckets), (P, m, C, deg+1)
-        above = table.flip(0).cumsum(0)[self.above_index]
+                continue
+            source = torch.einsum("mc,jm->cjm", weights, points.powers(degree))
+            table.narrow(0, start, weights.shape[1]).index_add_(2, points.buckets, source)
+            start += weights.shape[1]
+        # moments of the points above each edge (suffix sums over the buckets), (C, J, P, m)
+        above = table.flip(-1).cumsum(-1)[..., self.above_index]
         single = self.kernels.num_kernels == 1
-        equation = "ircj,irq,qjrk->ic" if single else "ircj,irq,qjrk->ikc"
+        equation = "cjir,irq,qjrk->ic" if single else "cjir,irq,qjrk->ikc"
         sums = torch.einsum(equation, above, self.edge_powers, self.tables.expansion)
         if any(b != 0.0 for b in self.kernels.base):  # base * the weight of every point taking part
-            totals = torch.cat([(points.powers[:, 0] if points.keep is None else points.keep.to(torch.float64)).sum(0,
-                                keepdim=True) if weights is None else weights.sum(0) for points, weights in point_sets])
+            totals = torch.cat([(points.values.new_tensor([points.values.numel()]) if points.keep is None
+                                 else points.keep.sum(0, keepdim=True).to(torch.float64))
+                                if weights is None else weights.sum(0) for points, weights in point_sets])
             sums = sums + (self.tables.base[0] * totals if single else self.tables.base[:, None] * totals)
         return sums
 
@@ -288,21 +303,26 @@ class Windows:
 
         ``kernel``: one index (result ``(M,)``) or several (result ``(M, len(kernel))``, one pass).
         """
-        expansion = self.tables.expansion if isinstance(kernel, int) and self.kernels.num_kernels == 1 else (
-            self.tables.kernel_expansion(kernel))
-        equation = "irq,qjrk,i->irj" if isinstance(kernel, int) else "irq,qjrk,i->irjk"
-        per_edge = torch.einsum(equation, self.edge_powers, expansion, coefficients)  # (P, m, deg+1[, K'])
-        cumulative = per_edge.reshape(self.num_edges, *per_edge.shape[2:])[self.order].cumsum(0)
-        # bucket b has the b lowest edges below it (bucket 0, and the points left out: none)
-        table = torch.nn.functional.pad(cumulative, (0, 0) * (cumulative.dim() - 1) + (1, 0))
         kernels = [kernel] if isinstance(kernel, int) else list(kernel)
+        expansion = self.tables.expansion if self.kernels.num_kernels == 1 else self.tables.kernel_expansion(kernels)
+        # per-edge polynomials in x, (K', J, P, m) -> sorted edge order, cumulated: bucket b has the
+        # b lowest edges below it (bucket 0, and the points left out: none)
+        per_edge = torch.einsum("irq,qjrk,i->kjir", self.edge_powers, expansion, coefficients)
+        cumulative = per_edge.reshape(len(kernels), -1, self.num_edges)[..., self.order].cumsum(-1)
+        table = torch.nn.functional.pad(cumulative, (1, 0))  # (K', J, L + 1)
         bases = [self.kernels.base[k] for k in kernels]
         if any(bases):  # every point taking part also sees base * sum(c)
             constant = torch.tensor(bases, dtype=torch.float64, device=table.device) * coefficients.sum()
-            table[:, 0] += constant[0] if isinstance(kernel, int) else constant
-        rows = table[points.buckets]
-        sums = torch.linalg.vecdot(rows, points.powers) if isinstance(kernel, int) else torch.einsum(
-            "mjk,mj->mk", rows, points.powers)
+            table[:, 0] += constant[:, None]
+        if table.shape[0] == 1:  # one kernel: a look-up per power row (fast on every device)
+            rows = [torch.take(row, points.buckets) for row in table[0].unbind(0)]
+        else:
+            rows = table.index_select(2, points.buckets).unbind(1)  # (K', M) per power
+        sums = rows[-1]
+        for power in range(len(rows) - 2, -1, -1):  # Horner in x
+            sums = torch.addcmul(rows[power], sums, points.values)
         if any(bases) and points.keep is not None:
-            sums = torch.where(points.keep if isinstance(kernel, int) else points.keep[:, None], sums, 0.0)
-        return sums
+            sums = torch.where(points.keep, sums, 0.0)
+        if sums.dim() == 1:
+            return sums
+        return sums[0] if isinstance(kernel, int) else sums.t()
