@@ -38,6 +38,14 @@ of each loss (``focal``, ``ap``, ``alrp``, ``rank_sort``, ``pap``, ``ghm``; inpu
   ``cudaDeviceSynchronize``, ``cudaEventSynchronize``, blocking ``cudaMemcpy``), device -> host
   copies, and the median time of a call next to focal loss's (synchronised).
 
+The counts are those of the **device path**: the operators a CUDA call runs. On the CPU the ranking
+engine also has its own speed-ups (:func:`detlosses.ranking.engine.set_cpu_fast_paths`): large
+batches (N >= 32k) are bucketed with a uniform grid (about 30 more small operators and a compaction
+``nonzero`` that on the CPU reads nothing from a device) and the adjoint is evaluated with one
+``take`` per power; the last column counts that CPU path as it runs by default. The leaves and incoming gradients are made
+outside the measured call, so harness operators are not counted beyond autograd's accumulation of
+each leaf's gradient.
+
 Counts are taken on the second call (the first warms caches) and are deterministic for given
 inputs. Every count is taken with input validation on (the default) and, when
 ``detlosses.set_validate_args`` exists, with it off. ``--criteria`` also counts the detector
@@ -299,6 +307,19 @@ def count_operators(fn: Callable[[], object], *, warmup: bool = True, cuda: bool
 
 # ------------------------------------------------------------------------------------- validation
 @contextlib.contextmanager
+def device_path(enabled: bool = True) -> Iterator[None]:
+    """Count the operators a CUDA call runs: the CPU's own speed-ups
+    (:func:`detlosses.ranking.engine.set_cpu_fast_paths`) off for the block when ``enabled``."""
+    from detlosses.ranking.engine import set_cpu_fast_paths
+
+    set_cpu_fast_paths(not enabled)
+    try:
+        yield
+    finally:
+        set_cpu_fast_paths(True)
+
+
+@contextlib.contextmanager
 def validation(enabled: bool) -> Iterator[None]:
     """Input validation (:func:`detlosses.set_validate_args`) on or off for the block; on afterwards."""
     detlosses.set_validate_args(enabled)
@@ -356,10 +377,12 @@ def loss_call(name: str, b: dict[str, torch.Tensor]) -> Callable[[], None]:
     return run
 
 
-def measure_loss(name: str, b: dict[str, torch.Tensor], validate: bool = True) -> OperatorCount:
-    """The counts of one warm call of loss ``name`` (validation on or off)."""
+def measure_loss(name: str, b: dict[str, torch.Tensor], validate: bool = True,
+                 cpu_fast_paths: bool = False) -> OperatorCount:
+    """The counts of one warm call of loss ``name`` (validation on or off), on the device path
+    (the operators a CUDA call runs) unless ``cpu_fast_paths`` (the CPU's own speed-ups on)."""
     fn = loss_call(name, b)
-    with validation(validate):
+    with validation(validate), device_path(not cpu_fast_paths):
         return count_operators(fn, cuda=b["logits"].is_cuda)
 
 
@@ -452,8 +475,9 @@ def run(sizes: list[tuple[int, int]], losses: tuple[str, ...], device: str | tor
         for name in losses:
             on = measure_loss(name, batch, validate=True)
             off = measure_loss(name, batch, validate=False)
+            grid = measure_loss(name, batch, cpu_fast_paths=True) if not on_cuda else on
             record = {"loss": name, "N": n, "P": p, "validate": on.as_dict(),
-                      "no_validate": off.as_dict() if off is not None else None}
+                      "no_validate": off.as_dict() if off is not None else None, "cpu_fast_paths": grid.as_dict()}
             if on_cuda:
                 seconds, _ = measure(loss_call(name, batch), repeats, device)
                 if name == "focal":
@@ -502,7 +526,7 @@ def _sync_names(count: dict) -> str:
 
 def header(cuda: bool) -> list[str]:
     cols = ["loss", "N", "P", "top-level ops", "syncs", "ops (no validation)", "syncs (no validation)",
-            "sync operators"]
+            "sync operators", "ops / syncs on the CPU's fast path"]
     if cuda:
         cols += ["kernel launches", "kernels", "CUDA syncs", "ms", "x focal"]
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -510,8 +534,10 @@ def header(cuda: bool) -> list[str]:
 
 def _row(r: dict) -> str:
     on, off = r["validate"], r["no_validate"] or {}
+    grid = r.get("cpu_fast_paths") or on
     cells = [r["loss"], f"{r['N']:,}", f"{r['P']:,}", _fmt(on["top_level"]), _fmt(on["syncs"]),
-             _fmt(off.get("top_level")), _fmt(off.get("syncs")), _sync_names(on)]
+             _fmt(off.get("top_level")), _fmt(off.get("syncs")), _sync_names(on),
+             f"{grid['top_level']} / {grid['syncs']}"]
     if "seconds" in r:
         cells += [_fmt(on.get("launches")), _fmt(on.get("kernels")), _fmt(on.get("cuda_syncs")),
                   f"{r['seconds'] * 1e3:.2f}", f"{r['over_focal']:.2f}"]

@@ -67,7 +67,8 @@ def run_losses(logits, targets, ious, jitter, errors, distributed):
                                        valid.reshape(-1, 3)), logits)
     out["ghmc_ema"] = ([float(v) for v in ghmc.ema], [])
     out["iou_focal"] = grads(  # a plain sum: each rank returns its share, with the union's normaliser
-        lambda x: detlosses.iou_balanced_focal_loss(x, targets, ious, distributed=distributed), logits)
+        lambda x: detlosses.iou_balanced_focal_loss(x, targets, ious, reduction="sum", distributed=distributed),
+        logits)
     ghmr = detlosses.GHMR(distributed=distributed)
     out["ghmr"] = grads(lambda x: ghmr(x.reshape(-1, 3), ious.reshape(-1, 3)), logits)
     return out

@@ -45,21 +45,22 @@ def _alrp_formula(errors: Tensor, delta: float, eps: float, loc_dtype: torch.dty
         weights = torch.stack([torch.ones_like(errors), errors], 1)
         false_positives, rank_pos, errors_above = batch.sums(weights)
         rank = (rank_pos + false_positives).add_(1.0 - self_term)
+        share = torch.div(1.0 / batch.num_positives, rank)  # 1 / (|P| rank(i))
         active = false_positives > eps
-        # sum_{k != i} H(s_k - s_i) e_k + N_FP(i), over rank(i): what positive i passes on
-        passed = torch.add(errors_above, errors, alpha=-self_term).add_(false_positives).div_(rank)
-        num_pos, dtype = batch.num_positives, batch.scores.dtype
-        grad_scale = batch.context.gradient_scale / num_pos
-        # localisation: L_loc = sum_k e_k d_k with d_k = sum of 1 / (|P| rank) over k and every
-        # positive after it in descending logit order (ties in targets.flatten() order)
+        # what positive i passes on: (sum_{k != i} H(s_k - s_i) e_k + N_FP(i)) / rank(i), over |P|
+        passed = torch.add(errors_above, errors, alpha=-self_term).add_(false_positives).mul_(share)
+        if batch.context.active:  # DDP averages over the ranks: undo it
+            passed.mul_(batch.context.gradient_scale)
+        # localisation: L_loc = sum_k e_k d_k, d_k the sum of 1 / (|P| rank) over k and every positive
+        # after it in descending logit order (ties in targets.flatten() order)
         order = torch.argsort(batch.positive_scores, descending=True, stable=True)
-        after = torch.div(1.0 / num_pos, rank[order]).flip(0).cumsum(0).flip(0)
-        coefficients = torch.empty_like(after).scatter_(0, order, after)
+        after = share[order].flip(0).cumsum(0).flip(0)
+        coefficients = after.scatter(0, order, after)  # back to the positives' order (a permutation)
+        dtype = batch.scores.dtype
         return RankingGradients(
             values=[(false_positives / rank).mean(dtype=dtype), torch.dot(errors, coefficients).to(loc_dtype)],
-            negatives=[batch.negative_gradient(torch.where(active, passed / false_positives, 0.0) * grad_scale),
-                       None],
-            positives=[torch.where(active, passed * -grad_scale, 0.0), None],
+            negatives=[batch.negative_gradient(torch.where(active, passed / false_positives, 0.0)), None],
+            positives=[torch.where(active, passed, 0.0).neg_(), None],
             extra=[None, coefficients * batch.context.gradient_scale if batch.context.active else coefficients],
         )
 

@@ -40,7 +40,8 @@ def _ap_formula(delta: float, interpolate: bool):
         error = false_positives / rank  # 1 - prec(i), without cancellation
         if interpolate:  # 1 - max precision at or below each score: a cummin in ascending score order
             order = torch.argsort(batch.positive_scores, stable=True)
-            error = torch.empty_like(error).scatter_(0, order, error[order].cummin(0).values)
+            running = error[order].cummin(0).values
+            error = running.scatter(0, order, running)  # back to the positives' order (a permutation)
         grad_scale = batch.context.gradient_scale / batch.num_positives
         # row scale / rank(i) = (1 - maxp(i)) / N_FP(i); with N_FP(i) = 0 no negative sees i at all
         return RankingGradients(

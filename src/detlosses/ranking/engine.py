@@ -48,12 +48,27 @@ from torch import Tensor
 
 from .kernels import PiecewisePolynomialKernel
 
-__all__ = ["HingeKernels", "Windows", "working_dtype"]
+__all__ = ["HingeKernels", "Windows", "working_dtype", "set_cpu_fast_paths"]
 
 # On the CPU, from this many points on, a uniform grid buckets faster than a binary search per point
 # (a binary search per point is memory-latency bound there: ~30 ms for 1e6 points and 2000 edges);
 # CUDA always uses the binary search (fast there, and free of host synchronisations).
 _GRID_MIN_POINTS = 32_768
+_CPU_FAST_PATHS = True
+
+
+def set_cpu_fast_paths(enabled: bool) -> None:
+    """Use the CPU's own speed-ups (default) or not.
+
+    On the CPU a binary search per point and a row gather are memory-latency bound, so for large
+    batches the engine buckets with a uniform grid (about 30 more small operators and a compaction
+    of the points that fall in a cell holding an edge — no host synchronisation on the CPU) and
+    evaluates the adjoint with one ``take`` per polynomial power instead of one row gather. Both are
+    exact. With them off, a CPU call runs exactly the operators a CUDA call runs (what
+    ``benchmarks.launches`` counts as the device path).
+    """
+    global _CPU_FAST_PATHS
+    _CPU_FAST_PATHS = bool(enabled)
 _GRID_CELLS_PER_EDGE = 32
 _GRID_MIN_CELLS = 4_096
 _GRID_MAX_CELLS = 1 << 21
@@ -171,16 +186,11 @@ class PointSet:
     values: Tensor  # (M,) float64: the points
     keep: Tensor | None = None  # (M,) bool: the points that take part (None: all)
 
-    def power_rows(self, degree: int) -> list[Tensor]:
-        """``1, x, x^2, ...`` up to ``degree``, each ``(M,)`` (the ones expanded, not stored)."""
-        rows = [self.values.new_ones(()).expand(self.values.shape[0]), self.values]
-        if degree >= 2:
-            rows.append(self.values * self.values)
-        return rows
-
     def powers(self, degree: int) -> Tensor:
-        """``(deg + 1, M)``: :meth:`power_rows` stacked."""
-        return torch.stack(self.power_rows(degree))
+        """``(deg + 1, M)``: the rows ``1, x, x^2, ...``."""
+        if degree == 1:  # the row of ones as padding: two operators
+            return torch.nn.functional.pad(self.values.unsqueeze(0), (0, 0, 1, 0), value=1.0)
+        return torch.stack([torch.ones_like(self.values), self.values, self.values * self.values])
 
 
 class Windows:
@@ -227,7 +237,8 @@ class Windows:
 
     def bucketize(self, scores: Tensor) -> Tensor:
         """Number of edges strictly below each score, int64 in ``[0, L]``."""
-        if scores.device.type != "cpu" or scores.numel() < max(_GRID_MIN_POINTS, 8 * self.num_edges):
+        if (scores.device.type != "cpu" or not _CPU_FAST_PATHS
+                or scores.numel() < max(_GRID_MIN_POINTS, 8 * self.num_edges)):
             return torch.searchsorted(self.sorted_edges, scores)
         # CPU: a uniform grid answers most points with one multiply-add and one look-up; points in a
         # cell that holds an edge are finished by binary search (exact either way).
@@ -277,9 +288,8 @@ class Windows:
         table = point_sets[0][0].values.new_zeros(channels, degree + 1, self.num_edges + 1)
         start = 0
         for points, weights in point_sets:
-            if weights is None:  # one channel of ones: each power's row on its own (no (J, M) copy)
-                for row, power in zip(table.select(0, start).unbind(0), points.power_rows(degree), strict=True):
-                    row.index_add_(0, points.buckets, power)
+            if weights is None:  # one channel of ones
+                table.select(0, start).index_add_(1, points.buckets, points.powers(degree))
                 start += 1
                 continue
             source = torch.einsum("mc,jm->cjm", weights, points.powers(degree))
@@ -305,24 +315,24 @@ class Windows:
         """
         kernels = [kernel] if isinstance(kernel, int) else list(kernel)
         expansion = self.tables.expansion if self.kernels.num_kernels == 1 else self.tables.kernel_expansion(kernels)
-        # per-edge polynomials in x, (K', J, P, m) -> sorted edge order, cumulated: bucket b has the
-        # b lowest edges below it (bucket 0, and the points left out: none)
-        per_edge = torch.einsum("irq,qjrk,i->kjir", self.edge_powers, expansion, coefficients)
-        cumulative = per_edge.reshape(len(kernels), -1, self.num_edges)[..., self.order].cumsum(-1)
-        table = torch.nn.functional.pad(cumulative, (1, 0))  # (K', J, L + 1)
+        # per-edge polynomials in x, in sorted edge order, cumulated: bucket b has the b lowest edges
+        # below it (bucket 0, and the points left out: none); (L + 1, J[, K'])
+        equation = "irq,qjrk,i->irj" if isinstance(kernel, int) else "irq,qjrk,i->irjk"
+        per_edge = torch.einsum(equation, self.edge_powers, expansion, coefficients)
+        cumulative = per_edge.reshape(self.num_edges, *per_edge.shape[2:])[self.order].cumsum(0)
+        table = torch.nn.functional.pad(cumulative, (0, 0) * (cumulative.dim() - 1) + (1, 0))
         bases = [self.kernels.base[k] for k in kernels]
         if any(bases):  # every point taking part also sees base * sum(c)
             constant = torch.tensor(bases, dtype=torch.float64, device=table.device) * coefficients.sum()
-            table[:, 0] += constant[:, None]
-        if table.shape[0] == 1:  # one kernel: a look-up per power row (fast on every device)
-            rows = [torch.take(row, points.buckets) for row in table[0].unbind(0)]
+            table[:, 0] += constant[0] if isinstance(kernel, int) else constant
+        if table.dim() == 2 and _CPU_FAST_PATHS and table.device.type == "cpu":  # a take per power
+            rows = [torch.take(column, points.buckets) for column in table.t().contiguous().unbind(0)]
         else:
-            rows = table.index_select(2, points.buckets).unbind(1)  # (K', M) per power
+            rows = table.index_select(0, points.buckets).unbind(1)  # per power: (M,) or (M, K')
+        values = points.values if isinstance(kernel, int) else points.values[:, None]
         sums = rows[-1]
         for power in range(len(rows) - 2, -1, -1):  # Horner in x
-            sums = torch.addcmul(rows[power], sums, points.values)
+            sums = torch.addcmul(rows[power], sums, values)
         if any(bases) and points.keep is not None:
-            sums = torch.where(points.keep, sums, 0.0)
-        if sums.dim() == 1:
-            return sums
-        return sums[0] if isinstance(kernel, int) else sums.t()
+            sums = torch.where(points.keep if sums.dim() == 1 else points.keep[:, None], sums, 0.0)
+        return sums
