@@ -107,7 +107,8 @@ class RankingBatch:
         return list(sums.reshape(sums.shape[0], -1).unbind(1))
 
     def negative_gradient(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
-        """``sum_i c_i K(s_j - s_i)`` for every local negative ``j``, 0 elsewhere; float64 ``(N,)``."""
+        """``sum_i c_i K(s_j - s_i)`` for every local negative ``j``, 0 elsewhere; ``(N,)``, float64
+        (float32 for float32 scores on the CPU's fast path)."""
         return self.windows.point_sums(self.negatives, coefficients, kernel)
 
     def positive_adjoint(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
@@ -246,9 +247,11 @@ class _IdentityUpdate(torch.autograd.Function):
         dtype = batch.scores.dtype
         for dense, part in zip(result.negatives, result.positives, strict=True):
             if dense is not None and part is not None:  # add in float64, then one conversion
-                dense = dense.index_put_((batch.positive_index,), part, accumulate=True)
+                dense = dense.index_put_((batch.positive_index,), part.to(dense.dtype), accumulate=True)
                 part = None
-            ctx.gradients.append((None if dense is None else dense.to(dtype), None if part is None else part.to(dtype)))
+            if dense is not None and dense.dtype != dtype:
+                dense = dense.to(dtype)
+            ctx.gradients.append((dense, None if part is None else part.to(dtype)))
         ctx.index = batch.positive_index
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         ctx.numel = logits.numel()

@@ -185,6 +185,7 @@ class PointSet:
     buckets: Tensor  # (M,) int64: edges strictly below each point (0 for points left out)
     values: Tensor  # (M,) float64: the points
     keep: Tensor | None = None  # (M,) bool: the points that take part (None: all)
+    scores: Tensor | None = None  # (M,) the points in the scores' own dtype
 
     def powers(self, degree: int) -> Tensor:
         """``(deg + 1, M)``: the rows ``1, x, x^2, ...``."""
@@ -233,7 +234,7 @@ class Windows:
             buckets = self.bucketize(scores)
         if keep is not None:
             buckets = torch.where(keep, buckets, 0)
-        return PointSet(buckets, scores.to(torch.float64), keep)
+        return PointSet(buckets, scores.to(torch.float64), keep, scores)
 
     def bucketize(self, scores: Tensor) -> Tensor:
         """Number of edges strictly below each score, int64 in ``[0, L]``."""
@@ -289,7 +290,15 @@ class Windows:
         start = 0
         for points, weights in point_sets:
             if weights is None:  # one channel of ones
-                table.select(0, start).index_add_(1, points.buckets, points.powers(degree))
+                if _CPU_FAST_PATHS and points.values.device.type == "cpu":
+                    # a row per power, the ones expanded: no (J, M) array to fill (page faults)
+                    rows = [points.values.new_ones(()).expand(points.values.shape[0]), points.values]
+                    if degree >= 2:
+                        rows.append(points.values * points.values)
+                    for row, power in zip(table.select(0, start).unbind(0), rows, strict=True):
+                        row.index_add_(0, points.buckets, power)
+                else:
+                    table.select(0, start).index_add_(1, points.buckets, points.powers(degree))
                 start += 1
                 continue
             source = torch.einsum("mc,jm->cjm", weights, points.powers(degree))
@@ -308,8 +317,36 @@ class Windows:
         return sums
 
     # ------------------------------------------------------------------ adjoint sums
+    def _cpu_point_sums(self, table: Tensor, points: PointSet) -> Tensor:
+        """The CPU's evaluation of ``G`` (``table``: ``(L + 1, J)`` polynomials in ``x``, float64).
+
+        A take per power and Horner in place (few large arrays to allocate). For float32 scores it
+        runs in float32 about each bucket's lower edge ``r_b``, ``G = sum_j B_j (x - r_b)^j`` with
+        ``B`` re-expanded in float64: exact to float32 rounding, half the memory traffic.
+        """
+        if points.scores is None or points.scores.dtype != torch.float32:
+            columns = table.t().contiguous().unbind(0)
+            sums = torch.take(columns[-1], points.buckets)
+            for power in range(len(columns) - 2, -1, -1):
+                sums.mul_(points.values).add_(torch.take(columns[power], points.buckets))
+            return sums
+        reference = torch.cat([self.sorted_edges[:1], self.sorted_edges])  # (L + 1,) float32
+        r = reference.to(torch.float64)
+        a = table.unbind(1)
+        if len(a) == 2:
+            columns = [a[0] + a[1] * r, a[1]]
+        else:
+            columns = [a[0] + (a[1] + a[2] * r) * r, a[1] + 2.0 * a[2] * r, a[2]]
+        columns = torch.stack(columns).to(torch.float32).unbind(0)
+        deviation = torch.take(reference, points.buckets).neg_().add_(points.scores)
+        sums = torch.take(columns[-1], points.buckets)
+        for power in range(len(columns) - 2, -1, -1):
+            sums.mul_(deviation).add_(torch.take(columns[power], points.buckets))
+        return sums
+
     def point_sums(self, points: PointSet, coefficients: Tensor, kernel: int | Sequence[int] = 0) -> Tensor:
-        """``G_j = sum_i c_i K(x_j - q_i)`` for every point (0 for points left out), float64.
+        """``G_j = sum_i c_i K(x_j - q_i)`` for every point (0 for points left out): float64, or
+        float32 for float32 scores on the CPU's fast path.
 
         ``kernel``: one index (result ``(M,)``) or several (result ``(M, len(kernel))``, one pass).
         """
@@ -325,14 +362,14 @@ class Windows:
         if any(bases):  # every point taking part also sees base * sum(c)
             constant = torch.tensor(bases, dtype=torch.float64, device=table.device) * coefficients.sum()
             table[:, 0] += constant[0] if isinstance(kernel, int) else constant
-        if table.dim() == 2 and _CPU_FAST_PATHS and table.device.type == "cpu":  # a take per power
-            rows = [torch.take(column, points.buckets) for column in table.t().contiguous().unbind(0)]
+        values = points.values if isinstance(kernel, int) else points.values[:, None]
+        if table.dim() == 2 and _CPU_FAST_PATHS and table.device.type == "cpu":
+            sums = self._cpu_point_sums(table, points)
         else:
             rows = table.index_select(0, points.buckets).unbind(1)  # per power: (M,) or (M, K')
-        values = points.values if isinstance(kernel, int) else points.values[:, None]
-        sums = rows[-1]
-        for power in range(len(rows) - 2, -1, -1):  # Horner in x
-            sums = torch.addcmul(rows[power], sums, values)
+            sums = rows[-1]
+            for power in range(len(rows) - 2, -1, -1):  # Horner in x
+                sums = torch.addcmul(rows[power], sums, values)
         if any(bases) and points.keep is not None:
             sums = torch.where(points.keep if sums.dim() == 1 else points.keep[:, None], sums, 0.0)
         return sums
