@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -88,7 +87,7 @@ from torch.profiler import ProfilerActivity, profile
 from torchvision.ops import sigmoid_focal_loss
 
 import detlosses
-from benchmarks.losses import _leaf, device_description, focal_call, make_batch, measure
+from benchmarks.losses import _leaf, device_description, focal_call, make_batch, measure, write_outputs
 
 LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm")
 DEFAULT_SIZES = "1000000x1000"
@@ -590,14 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     if criteria:
         print("\n" + "\n".join(CRITERIA_HEADER))
         result["criteria"] = run_criteria(criteria, device)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(to_markdown(result))
-        print(f"wrote {args.markdown}")
+    write_outputs(result, args.json, args.markdown, to_markdown)
     return 0
 
 

@@ -391,6 +391,16 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_outputs(result: dict, json_path: Path | None, markdown_path: Path | None, to_markdown) -> None:
+    """Write the records as JSON and the table as Markdown where asked (folders created)."""
+    for path, text in ((json_path, lambda: json.dumps(result, indent=2) + "\n"),
+                       (markdown_path, lambda: to_markdown(result))):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text())
+            print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", choices=SIZE_CHOICES, default="small",
@@ -422,14 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.sizes, losses, args.repeats, not args.no_loop, device)
     print("\nSorted by loss:\n")
     print(to_markdown(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(to_markdown(result))
-        print(f"wrote {args.markdown}")
+    write_outputs(result, args.json, args.markdown, to_markdown)
     return 0
 
 

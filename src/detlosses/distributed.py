@@ -127,20 +127,6 @@ def resolve_context(distributed: bool | DistributedContext = False, group: objec
                               scale_for_average=scale_for_average)
 
 
-class _UnionSum(torch.autograd.Function):
-    """Forward: sum over ranks. Backward: this rank's term gets the upstream gradient (times the
-    DDP scale), as each rank's term appears once in the union's value."""
-
-    @staticmethod
-    def forward(ctx, value: Tensor, context: DistributedContext) -> Tensor:  # type: ignore[override]
-        ctx.scale = context.gradient_scale
-        return context.all_reduce_sum(value)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return grad * ctx.scale, None
-
-
 class _SharedSum(torch.autograd.Function):
     """Forward: sum over ranks of partial sums. Backward: every rank needs the gradient of the
     total w.r.t. its partial, which is the sum over ranks of the upstream gradients."""
@@ -170,10 +156,14 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def union_sum(value: Tensor, context: DistributedContext) -> Tensor:
-    """The union's value from this rank's additive term (gradient scaled for DDP averaging)."""
+    """The union's value from this rank's additive term: every rank's term appears once in it, so
+    this rank's term gets the upstream gradient (times the DDP scale)."""
     if not context.active:
         return value
-    return _UnionSum.apply(value, context)
+    from .losses._grad_scale import scale_gradient
+
+    scaled = scale_gradient(value, context.gradient_scale)
+    return scaled + (context.all_reduce_sum(value) - value).detach()
 
 
 def shared_sum(value: Tensor, context: DistributedContext) -> Tensor:
