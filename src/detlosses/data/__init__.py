@@ -8,14 +8,14 @@ Conventions (shared with the evaluator):
 * ``dataset[i]`` is ``(image, target)`` with ``target = {"boxes", "labels", "image_id", "orig_size"}``.
 """
 
-from detlosses.data.coco_format import category_id_to_label, label_to_category_id
-from detlosses.data.dataset import DetectionDataset, ImageRecord
-from detlosses.data.errors import DatasetError, DroppedBoxesWarning
-from detlosses.data.readers import read_coco, read_voc, read_yolo
-from detlosses.data.specs import parse_data_spec
-from detlosses.data.splits import holdout_split, image_keys, shared_images
-from detlosses.data.synthetic import SHAPE_CLASSES, SyntheticShapes
-from detlosses.data.transforms import build_transforms, collate_detection, rescale_boxes
+from .coco_format import category_id_to_label, label_to_category_id
+from .dataset import DetectionDataset, ImageRecord
+from .errors import DatasetError, DroppedBoxesWarning
+from .readers import read_coco, read_voc, read_yolo
+from .specs import parse_data_spec
+from .splits import holdout_split, image_keys, shared_images
+from .synthetic import SHAPE_CLASSES, SyntheticShapes
+from .transforms import build_transforms, collate_detection, rescale_boxes
 
 __all__ = [
     "SHAPE_CLASSES",

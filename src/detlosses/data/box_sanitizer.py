@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from detlosses.data.errors import DatasetError, DroppedBoxesWarning
+from .errors import DatasetError, DroppedBoxesWarning
 
 _MAX_FILES_NAMED = 10
 

@@ -22,9 +22,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from detlosses.data.coco_format import build_coco_ground_truth
-from detlosses.data.errors import DatasetError
-from detlosses.data.image_io import read_rgb_image
+from .coco_format import build_coco_ground_truth
+from .errors import DatasetError
+from .image_io import read_rgb_image
 
 #: ``(image, target)`` as returned by :meth:`DetectionDataset.__getitem__`.
 Sample = tuple[tv_tensors.Image, dict[str, Any]]

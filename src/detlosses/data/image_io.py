@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from detlosses.data.errors import DatasetError
+from .errors import DatasetError
 
 #: File name suffixes recognised as images when a folder of images is listed (lower case).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})

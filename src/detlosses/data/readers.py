@@ -25,10 +25,10 @@ from typing import Any
 import torch
 import yaml
 
-from detlosses.data.box_sanitizer import BoxSanitizer
-from detlosses.data.dataset import DetectionDataset, ImageRecord
-from detlosses.data.errors import DatasetError
-from detlosses.data.image_io import IMAGE_SUFFIXES, read_image_size
+from .box_sanitizer import BoxSanitizer
+from .dataset import DetectionDataset, ImageRecord
+from .errors import DatasetError
+from .image_io import IMAGE_SUFFIXES, read_image_size
 
 
 def assign_image_ids(stems: Sequence[str]) -> list[int]:

@@ -22,9 +22,9 @@ import zlib
 
 import numpy as np
 
-from detlosses.data.dataset import DetectionDataset
-from detlosses.data.readers import read_coco, read_voc, read_yolo
-from detlosses.data.synthetic import SyntheticShapes
+from .dataset import DetectionDataset
+from .readers import read_coco, read_voc, read_yolo
+from .synthetic import SyntheticShapes
 
 ACCEPTED_FORMS = (
     "coco:<annotations.json>:<images_dir>",

@@ -14,8 +14,8 @@ from collections.abc import Hashable
 
 import torch
 
-from detlosses.data.dataset import DetectionDataset
-from detlosses.data.synthetic import SyntheticShapes
+from .dataset import DetectionDataset
+from .synthetic import SyntheticShapes
 
 __all__ = ["holdout_split", "image_keys", "shared_images"]
 

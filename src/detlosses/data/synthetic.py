@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detlosses.data.dataset import DetectionDataset, ImageRecord, SampleTransform
+from .dataset import DetectionDataset, ImageRecord, SampleTransform
 
 #: Class names of :class:`SyntheticShapes`, indexed by label.
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")

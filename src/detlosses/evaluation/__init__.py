@@ -11,23 +11,23 @@ Modules, one concept each:
 * :mod:`~detlosses.evaluation.evaluate`: both in one flat metrics dict, and its atomic JSON writer.
 """
 
-from detlosses.evaluation.coco import COCO_SUMMARY_KEYS, coco_ap
-from detlosses.evaluation.conversion import outputs_to_coco_detections, to_coco_detections
-from detlosses.evaluation.evaluate import (
+from .coco import COCO_SUMMARY_KEYS, coco_ap
+from .conversion import outputs_to_coco_detections, to_coco_detections
+from .evaluate import (
     LRP_SUMMARY_KEYS,
     EvaluationDetails,
     evaluate_detections,
     to_jsonable,
     write_metrics_json,
 )
-from detlosses.evaluation.inputs import (
+from .inputs import (
     DetectionArrays,
     GroundTruth,
     parse_detections,
     parse_ground_truth,
 )
-from detlosses.evaluation.iou import coco_box_iou
-from detlosses.evaluation.lrp import (
+from .iou import coco_box_iou
+from .lrp import (
     ClassLRP,
     LRPCurve,
     LRPResult,
@@ -36,7 +36,7 @@ from detlosses.evaluation.lrp import (
     lrp_error,
     optimal_lrp,
 )
-from detlosses.evaluation.matching import CategoryMatches, MatchResult, greedy_match, match_detections
+from .matching import CategoryMatches, MatchResult, greedy_match, match_detections
 
 __all__ = [
     "COCO_SUMMARY_KEYS",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
-from detlosses.evaluation.inputs import (
+from .inputs import (
     DetectionArrays,
     DetectionsLike,
     GroundTruth,

@@ -27,11 +27,11 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from detlosses._atomic import atomic_write_text
-from detlosses.evaluation.coco import COCO_SUMMARY_KEYS, coco_ap
-from detlosses.evaluation.inputs import DetectionArrays, DetectionsLike, parse_detections, parse_ground_truth
-from detlosses.evaluation.lrp import LRPResult, optimal_lrp
-from detlosses.evaluation.matching import MatchResult, match_detections
+from .._atomic import atomic_write_text
+from .coco import COCO_SUMMARY_KEYS, coco_ap
+from .inputs import DetectionArrays, DetectionsLike, parse_detections, parse_ground_truth
+from .lrp import LRPResult, optimal_lrp
+from .matching import MatchResult, match_detections
 
 __all__ = [
     "EvaluationDetails",

@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from detlosses.evaluation.inputs import DetectionArrays, DetectionsLike, GroundTruth
-from detlosses.evaluation.matching import CategoryMatches, MatchResult, match_detections
+from .inputs import DetectionArrays, DetectionsLike, GroundTruth
+from .matching import CategoryMatches, MatchResult, match_detections
 
 __all__ = ["ClassLRP", "LRPCurve", "LRPResult", "compute_lrp", "lrp_curve", "lrp_error", "optimal_lrp"]
 

@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from detlosses.evaluation.inputs import (
+from .inputs import (
     DetectionArrays,
     DetectionsLike,
     GroundTruth,
     parse_detections,
     parse_ground_truth,
 )
-from detlosses.evaluation.iou import coco_box_iou
+from .iou import coco_box_iou
 
 __all__ = ["ALL_AREAS", "CategoryMatches", "MatchResult", "greedy_match", "match_detections"]
 

@@ -13,8 +13,8 @@ Modules, one concept each:
   :mod:`detlosses._atomic`, the package's one atomic-write module).
 """
 
-from detlosses._atomic import atomic_write, atomic_write_text
-from detlosses.reporting.comparison import (
+from .._atomic import atomic_write, atomic_write_text
+from .comparison import (
     COMPARISON_JSON,
     COMPARISON_MD,
     COMPARISON_PNG,
@@ -23,8 +23,8 @@ from detlosses.reporting.comparison import (
     summarize_runs,
     write_comparison,
 )
-from detlosses.reporting.correlation import TruePositives, score_iou_spearman, true_positives
-from detlosses.reporting.plots import (
+from .correlation import TruePositives, score_iou_spearman, true_positives
+from .plots import (
     plot_comparison,
     plot_gradient_norm_histogram,
     plot_lrp_components,
@@ -33,8 +33,8 @@ from detlosses.reporting.plots import (
     plot_training_curves,
     save_figure,
 )
-from detlosses.reporting.report import write_run_report
-from detlosses.reporting.run_dir import (
+from .report import write_run_report
+from .run_dir import (
     GRADIENT_NORMS_JSON,
     METRICS_CSV,
     METRICS_JSON,
@@ -45,7 +45,7 @@ from detlosses.reporting.run_dir import (
     read_gradient_norms,
     read_metrics_json,
 )
-from detlosses.reporting.training_log import TrainingLog, read_training_log
+from .training_log import TrainingLog, read_training_log
 
 __all__ = [
     "COMPARISON_JSON",

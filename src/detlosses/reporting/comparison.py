@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from detlosses._atomic import atomic_write_text
-from detlosses.evaluation.evaluate import to_jsonable
-from detlosses.reporting.formatting import (
+from .._atomic import atomic_write_text
+from ..evaluation.evaluate import to_jsonable
+from .formatting import (
     NA,
     as_float,
     format_mean_std,
@@ -34,8 +34,8 @@ from detlosses.reporting.formatting import (
     format_seconds,
     markdown_table,
 )
-from detlosses.reporting.plots import plot_comparison
-from detlosses.reporting.run_dir import REPORT_MD
+from .plots import plot_comparison
+from .run_dir import REPORT_MD
 
 __all__ = [
     "COMPARISON_JSON",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from detlosses.evaluation.evaluate import EvaluationDetails
-from detlosses.evaluation.matching import MatchResult
+from ..evaluation.evaluate import EvaluationDetails
+from ..evaluation.matching import MatchResult
 
 __all__ = ["MIN_TRUE_POSITIVES", "TruePositives", "score_iou_spearman", "true_positives"]
 

@@ -24,14 +24,14 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from detlosses._atomic import atomic_write
-from detlosses.evaluation.evaluate import EvaluationDetails
-from detlosses.evaluation.lrp import LRPResult
-from detlosses.evaluation.matching import MatchResult
-from detlosses.reporting.correlation import MIN_TRUE_POSITIVES, TruePositives, score_iou_spearman, true_positives
-from detlosses.reporting.formatting import as_float
-from detlosses.reporting.run_dir import GradientNormHistograms, read_gradient_norms
-from detlosses.reporting.training_log import TrainingLog, read_training_log
+from .._atomic import atomic_write
+from ..evaluation.evaluate import EvaluationDetails
+from ..evaluation.lrp import LRPResult
+from ..evaluation.matching import MatchResult
+from .correlation import MIN_TRUE_POSITIVES, TruePositives, score_iou_spearman, true_positives
+from .formatting import as_float
+from .run_dir import GradientNormHistograms, read_gradient_norms
+from .training_log import TrainingLog, read_training_log
 
 __all__ = [
     "COMPARISON_PLOT_METRICS",

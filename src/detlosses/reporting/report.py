@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from detlosses._atomic import atomic_write_text
-from detlosses.evaluation.coco import COCO_SUMMARY_KEYS
-from detlosses.evaluation.evaluate import LRP_SUMMARY_KEYS, EvaluationDetails
-from detlosses.reporting.correlation import true_positives
-from detlosses.reporting.formatting import (
+from .._atomic import atomic_write_text
+from ..evaluation.coco import COCO_SUMMARY_KEYS
+from ..evaluation.evaluate import LRP_SUMMARY_KEYS, EvaluationDetails
+from .correlation import true_positives
+from .formatting import (
     NA,
     escape_cell,
     format_number,
@@ -30,14 +30,14 @@ from detlosses.reporting.formatting import (
     format_seconds,
     markdown_table,
 )
-from detlosses.reporting.plots import (
+from .plots import (
     plot_gradient_norm_histogram,
     plot_lrp_components,
     plot_precision_recall,
     plot_score_vs_iou,
     plot_training_curves,
 )
-from detlosses.reporting.run_dir import GRADIENT_NORMS_JSON, METRICS_CSV, PLOTS_DIR, REPORT_MD
+from .run_dir import GRADIENT_NORMS_JSON, METRICS_CSV, PLOTS_DIR, REPORT_MD
 
 __all__ = [
     "GRADIENT_NORMS_PNG",
