@@ -444,9 +444,9 @@ def criterion_call(name: str, fake: dict, **options) -> Callable[[], None]:
 
 
 def measure_criterion(name: str, fake: dict, validate: bool = True) -> OperatorCount:
-    """The counts of one warm training-step loss of detector criterion ``name``."""
+    """The counts of one warm training-step loss of detector criterion ``name`` (device path)."""
     fn = criterion_call(name, fake)
-    with validation(validate):
+    with validation(validate), device_path(True):
         return count_operators(fn, cuda=fake["head"]["cls_logits"].is_cuda)
 
 

@@ -247,7 +247,9 @@ class _IdentityUpdate(torch.autograd.Function):
         dtype = batch.scores.dtype
         for dense, part in zip(result.negatives, result.positives, strict=True):
             if dense is not None and part is not None:  # add in float64, then one conversion
-                dense = dense.index_put_((batch.positive_index,), part.to(dense.dtype), accumulate=True)
+                if part.dtype != dense.dtype:
+                    part = part.to(dense.dtype)
+                dense = dense.index_put_((batch.positive_index,), part, accumulate=True)
                 part = None
             if dense is not None and dense.dtype != dtype:
                 dense = dense.to(dtype)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "fused_checks",
     "set_validate_args",
     "validate_args_enabled",
     "check_tensor",
@@ -138,3 +139,42 @@ def check_nonnegative_scalar(value: float, name: str) -> float:
     if not math.isfinite(value) or value < 0.0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
+
+
+def fused_checks(*checks: tuple[Tensor, str, str]) -> None:
+    """Value checks of several tensors in one host read (nothing when validation is off).
+
+    Each check is ``(values, name, rule)`` with ``rule`` ``"finite"`` (no NaN/Inf), ``"unit"``
+    (finite, in ``[0, 1]``) or ``"ternary"`` (1, 0 or -1). Their reductions are stacked and read
+    back at once; only when one fails are the detailed checks run, to name the problem.
+    """
+    if not _VALIDATE_ARGS:
+        return
+    checks = tuple(c for c in checks if c[0].numel())
+    if not checks:
+        return
+    stats = []
+    for values, _, rule in checks:
+        v = values.detach()
+        if rule == "ternary":
+            stats.append(((v != 0) & (v != 1) & (v != -1)).sum(dtype=torch.float64))
+        else:
+            stats.extend(torch.aminmax(v))
+    read = torch.stack([s.to(torch.float64) if s.dtype != torch.float64 else s for s in stats]).tolist()
+    at, ok = 0, True
+    for _, _, rule in checks:
+        if rule == "ternary":
+            ok = ok and read[at] == 0
+            at += 1
+            continue
+        low, high = read[at], read[at + 1]
+        at += 2
+        ok = ok and math.isfinite(low) and math.isfinite(high) and (rule != "unit" or (low >= 0.0 and high <= 1.0))
+    if not ok:
+        for values, name, rule in checks:
+            if rule == "ternary":
+                check_ternary_targets(values, name)
+            elif rule == "unit":
+                check_unit_interval(values, name)
+            else:
+                check_finite(values, name)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..distributed import DistributedContext, resolve_context, union_sum
 from ._precision import full_precision
 from ._reduction import check_reduction
-from ._validation import check_finite, check_same_shape, check_tensor, validate_args_enabled
+from ._validation import check_finite, check_same_shape, check_tensor, fused_checks, validate_args_enabled
 
 __all__ = ["ghmc_loss", "ghmr_loss", "GHMC", "GHMR", "gradient_density_weights"]
 
@@ -221,8 +221,7 @@ class GHMR(_GHMBase):
         pred = check_tensor(pred, "pred", floating=True)
         target = check_tensor(target, "target", floating=True)
         check_same_shape(target, "target", pred, "pred")
-        check_finite(pred, "pred")
-        check_finite(target, "target")
+        fused_checks((pred, "pred", "finite"), (target, "target", "finite"))
         if weight is None:
             weight = torch.ones_like(pred)
         check_same_shape(weight, "weight", pred, "pred")

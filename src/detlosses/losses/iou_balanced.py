@@ -25,7 +25,7 @@ from torchvision.ops import sigmoid_focal_loss
 from ..distributed import resolve_context
 from ._precision import full_precision
 from ._reduction import check_reduction, weight_reduce_loss
-from ._validation import check_finite, check_same_shape, check_tensor, check_unit_interval
+from ._validation import check_same_shape, check_tensor, fused_checks
 
 __all__ = ["iou_balanced_focal_loss", "iou_balanced_smooth_l1_loss", "IoUBalancedFocalLoss",
            "IoUBalancedSmoothL1Loss"]
@@ -78,16 +78,14 @@ def iou_balanced_focal_loss(
     logits = check_tensor(logits, "logits", floating=True)
     targets = check_tensor(targets, "targets")
     check_same_shape(targets, "targets", logits, "logits")
-    check_finite(logits, "logits")
     ious = _broadcast_ious(check_tensor(ious, "ious", floating=True), logits, "ious")
     check_reduction(reduction)
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     t = targets.to(compute_dtype)
     ignored = t < 0
-    if bool(((t != 0) & (t != 1) & ~ignored).any()):
-        raise ValueError("targets must be 1 (positive), 0 (negative) or -1 (ignored)")
     positive = t == 1
-    check_unit_interval(ious.detach()[positive], "ious at the positives")
+    fused_checks((logits, "logits", "finite"), (t, "targets", "ternary"),
+                 (torch.where(positive, ious.detach(), 0.5), "ious at the positives", "unit"))
     t = t.clamp_min(0.0)
     focal = sigmoid_focal_loss(logits.to(compute_dtype), t, alpha=alpha, gamma=gamma, reduction="none")
     with torch.no_grad():
@@ -132,9 +130,8 @@ def iou_balanced_smooth_l1_loss(
     pred = check_tensor(pred, "pred", floating=True)
     target = check_tensor(target, "target", floating=True)
     check_same_shape(target, "target", pred, "pred")
-    check_finite(pred, "pred")
     ious = _broadcast_ious(check_tensor(ious, "ious", floating=True), pred, "ious")
-    check_unit_interval(ious.detach(), "ious")
+    fused_checks((pred, "pred", "finite"), (ious, "ious", "unit"))
     check_reduction(reduction)
     compute_dtype = torch.promote_types(pred.dtype, torch.float32)
     loss = F.smooth_l1_loss(pred.to(compute_dtype), target.to(compute_dtype), beta=beta, reduction="none")

@@ -147,20 +147,29 @@ class _Form:
 
 _FORMS: dict[tuple, _Form] = {}
 _FORMS_BY_ID: dict[int, tuple[PAPParams, _Form]] = {}
+_FORMS_BY_NAME: dict[str, _Form] = {}
 
 
-def _form_of(params: PAPParams) -> _Form:
-    """The evaluation-ready form of ``params`` (cached by identity, then by value)."""
-    known = _FORMS_BY_ID.get(id(params))
+def _form_of(params: str | Tensor | PAPParams) -> _Form:
+    """The evaluation-ready form of ``params`` (a preset name, control points or a
+    :class:`PAPParams`; checked once, then cached by identity and by value)."""
+    if isinstance(params, str) and params in _FORMS_BY_NAME:
+        return _FORMS_BY_NAME[params]
+    known = _FORMS_BY_ID.get(id(params)) if isinstance(params, PAPParams) else None
     if known is not None and known[0] is params:
         return known[1]
+    name = params if isinstance(params, str) else None
+    given = params
+    params = resolve_params(params)
     points = None if params.control_points is None else tuple(map(tuple, params.control_points.tolist()))
     key = (params.form, points)
     form = _FORMS.get(key)
     if form is None:
         form = _FORMS[key] = _Form(params)
-    if len(_FORMS_BY_ID) < 1024:  # keeps params alive: bounded
-        _FORMS_BY_ID[id(params)] = (params, form)
+    if name is not None:
+        _FORMS_BY_NAME[name] = form
+    elif isinstance(given, PAPParams) and len(_FORMS_BY_ID) < 1024:  # keeps them alive: bounded
+        _FORMS_BY_ID[id(given)] = (given, form)
     return form
 
 
@@ -298,7 +307,7 @@ def parameterized_ap_loss(
     ious = check_tensor(ious, "ious", floating=True)
     if isinstance(logits, Tensor):
         check_same_shape(ious, "ious", logits, "logits")
-    form = _form_of(resolve_params(params))
+    form = _form_of(params)
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
         raise ValueError(f"topk must be None or a positive integer, got {topk!r}")
     if not (float(reg_weight) > 0.0 and math.isfinite(float(reg_weight))):
