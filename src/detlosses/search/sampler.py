@@ -13,6 +13,7 @@ Optuna's heartbeat for RDB storages, and for workers on this host by checking th
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import time
@@ -27,7 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 from .ppo import PPOSettings, TruncatedNormal, logit, ppo_update, sigma_for_round
 from .space import SearchSpace
 
-__all__ = ["PPOSampler", "round_of", "closed_rounds", "fail_dead_local_trials", "WORKER_ATTR", "ROUND_ATTR"]
+__all__ = ["PPOSampler", "round_of", "closed_rounds", "fail_dead_local_trials", "record_worker", "WORKER_ATTR",
+           "ROUND_ATTR"]
 
 ROUND_ATTR = "ppo_round"
 WORKER_ATTR = "worker"
@@ -65,13 +67,28 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+# A RUNNING trial that names no worker this long after it started was orphaned: its process died
+# between creating it and recording itself (both happen within milliseconds, see record_worker).
+ORPHAN_SECONDS = 60.0
+
+
+def record_worker(study: optuna.Study, trial_id: int) -> None:
+    """Record this process as the worker of a trial (host and pid), right after it is created."""
+    study._storage.set_trial_user_attr(trial_id, WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
+
+
 def fail_dead_local_trials(study: optuna.Study) -> int:
-    """Fail RUNNING trials whose worker process (on this host) no longer exists."""
+    """Fail RUNNING trials whose worker process (on this host) no longer exists, and orphans (no
+    worker recorded ``ORPHAN_SECONDS`` after they started)."""
     host = socket.gethostname()
+    now = datetime.datetime.now()
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER_ATTR) or {}
-        if worker.get("host") == host and worker.get("pid") and not _process_alive(int(worker["pid"])):
+        dead = worker.get("host") == host and worker.get("pid") and not _process_alive(int(worker["pid"]))
+        orphan = not worker and trial.datetime_start is not None and (
+            now - trial.datetime_start).total_seconds() > ORPHAN_SECONDS
+        if dead or orphan:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             failed += 1
     return failed
@@ -107,6 +124,10 @@ class PPOSampler(optuna.samplers.BaseSampler):
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
 
     # ------------------------------------------------------------------ Optuna API
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # before any waiting for a round: a killed worker's trial is then always recognisable
+        record_worker(study, trial._trial_id)
+
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {name: FloatDistribution(0.0, 1.0) for name in self.space.names}
 
