@@ -21,6 +21,13 @@ and the order in which LRP (:mod:`detlosses.evaluation.lrp`) sweeps its score cu
 
 IoU is computed by :func:`detlosses.evaluation.iou.coco_box_iou` (float64, COCO's formula).
 
+Why not faster-coco-eval's own matches: with ``extra_calc=True`` it exposes ``eval["matched"]`` and
+``math_matches()``, but (checked with faster-coco-eval 1.8) those merge the matches of *every* IoU
+threshold — a ground truth matched at 0.5 by one detection and at 0.85 by another yields two "true
+positives" — and count a detection matched to a crowd region as a true positive. LRP needs one
+threshold (0.5), each ground truth matched once and crowd matches ignored, so the matching is done
+here, with COCO's exact rules for that one threshold.
+
 Reference: Lin et al., "Microsoft COCO: Common Objects in Context", ECCV 2014; the pycocotools
 ``cocoeval.py`` implementation.
 """
