@@ -63,7 +63,7 @@ PINNED_NO_VALIDATION = {
 PINNED_3D = {"ap": (66, 1), "alrp": (83, 1), "rank_sort": (105, 1), "pap": (143, 1)}
 # the CPU as it runs by default (its own speed-ups, detlosses.ranking.engine.set_cpu_fast_paths):
 # the bucketing grid adds operators and a CPU-side compaction (no device read on the CPU)
-PINNED_CPU_FAST = {"ap": (108, 2), "alrp": (123, 2), "rank_sort": (145, 2), "pap": (209, 2)}
+PINNED_CPU_FAST = {"ap": (109, 2), "alrp": (124, 2), "rank_sort": (146, 2), "pap": (210, 2)}
 
 @functools.cache
 def _batch():

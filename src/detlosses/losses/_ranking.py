@@ -23,6 +23,7 @@ Writing a new ranking loss means writing one function ``formula(batch) -> Rankin
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,11 @@ class RankingBatch:
         return self.windows.point_sums(self.positives, coefficients, kernel)
 
 
+@functools.cache
+def _zero64(device: torch.device) -> Tensor:
+    return torch.zeros((), dtype=torch.float64, device=device)
+
+
 def _range(values: Tensor) -> list[Tensor]:
     """``[min, max]`` of a non-empty tensor (NaN if it holds a NaN); nothing for an empty one."""
     return list(torch.aminmax(values)) if values.numel() else []
@@ -132,11 +138,12 @@ def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor, n
     ranged = continuous or not (counting or flat_targets.dtype == torch.bool)
     ranges = [_range(flat_logits), _range(flat_targets) if ranged else [],
               *(_range(c.values) for c in checks)]
-    # float64 counts first: the stack promotes everything to float64 (exact up to 2^53)
-    counts = [positive.sum(dtype=torch.float64)]
+    # integer counts (no float copy of the masks); a float64 zero makes the stack float64 (exact
+    # up to 2^53) whatever the dtypes of the ranges
+    counts = [positive.sum()]
     if counting:
-        counts += [negative.sum(dtype=torch.float64), (flat_targets == -1).sum(dtype=torch.float64)]
-    values = torch.stack(counts + [v for r in ranges for v in r]).tolist()
+        counts += [negative.sum(), (flat_targets == -1).sum()]
+    values = torch.stack([_zero64(flat_logits.device), *counts, *(v for r in ranges for v in r)]).tolist()[1:]
     num_positives = int(values[0])
     ok = not counting or values[0] + values[1] + values[2] == flat_targets.numel()
     at = len(counts)

@@ -230,10 +230,14 @@ class Windows:
 
         Points left out share bucket 0 with the points below every edge: neither is above any edge.
         """
-        if buckets is None:
+        fresh = buckets is None
+        if fresh:
             buckets = self.bucketize(scores)
         if keep is not None:
-            buckets = torch.where(keep, buckets, 0)
+            if fresh and _CPU_FAST_PATHS and buckets.device.type == "cpu":  # in place: no second int64 array
+                buckets = buckets.masked_fill_(~keep, 0)
+            else:
+                buckets = torch.where(keep, buckets, 0)
         return PointSet(buckets, scores.to(torch.float64), keep, scores)
 
     def bucketize(self, scores: Tensor) -> Tensor:
