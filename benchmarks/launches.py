@@ -87,7 +87,15 @@ from torch.profiler import ProfilerActivity, profile
 from torchvision.ops import sigmoid_focal_loss
 
 import detlosses
-from benchmarks.losses import _leaf, device_description, focal_call, make_batch, measure, write_outputs
+from benchmarks.losses import (
+    _leaf,
+    device_description,
+    focal_call,
+    make_batch,
+    measure,
+    parse_losses_and_device,
+    write_outputs,
+)
 
 LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm")
 DEFAULT_SIZES = "1000000x1000"
@@ -570,15 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     args = parser.parse_args(argv)
-    losses = tuple(s.strip() for s in args.losses.split(",") if s.strip())
-    unknown = set(losses) - set(LOSSES)
-    if unknown:
-        parser.error(f"unknown losses {sorted(unknown)}; choose from {LOSSES}")
-    device = torch.device(args.device)
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
+    losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
     if "focal" not in losses and device.type == "cuda":
         print("note: times are relative to focal loss, measured anyway", file=sys.stderr)
     print(f"torch {torch.__version__}, {device} ({device_description(device)}); one warm forward + backward "

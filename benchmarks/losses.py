@@ -391,6 +391,21 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_losses_and_device(parser: argparse.ArgumentParser, losses_text: str, device_text: str,
+                            known: tuple[str, ...]) -> tuple[tuple[str, ...], torch.device]:
+    """The ``--losses`` list and the ``--device`` of a benchmark's command line (errors via ``parser``)."""
+    losses = tuple(s.strip() for s in losses_text.split(",") if s.strip())
+    unknown = set(losses) - set(known)
+    if unknown:
+        parser.error(f"unknown losses {sorted(unknown)}; choose from {known}")
+    device = torch.device(device_text)
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {device_text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    return losses, device
+
+
 def write_outputs(result: dict, json_path: Path | None, markdown_path: Path | None, to_markdown) -> None:
     """Write the records as JSON and the table as Markdown where asked (folders created)."""
     for path, text in ((json_path, lambda: json.dumps(result, indent=2) + "\n"),
@@ -416,15 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_probe:
         _run_memory_probe(args.memory_probe)
         return 0
-    losses = tuple(s.strip() for s in args.losses.split(",") if s.strip())
-    unknown = set(losses) - set(LOSSES)
-    if unknown:
-        parser.error(f"unknown losses {sorted(unknown)}; choose from {LOSSES}")
-    device = torch.device(args.device)
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
+    losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
     where = device_description(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {device} ({where}); times are forward+backward medians")
     print(HEADER)
