@@ -25,7 +25,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..evaluation import write_metrics_json
@@ -94,6 +94,8 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, extra_callbac
                 enable_version_counter=False, save_on_train_epoch_end=True, every_n_epochs=config.val_every))
         if config.progress_bar and not _progress_bar_visible(config):
             callbacks.append(EpochSummary())
+        elif _progress_bar_visible(config):  # refreshed (the loss read from the device) once per logging interval
+            callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.log_every)))
         callbacks.extend(extra_callbacks)
         loggers = [CSVLogger(run_dir, name="", version=""),
                    TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
