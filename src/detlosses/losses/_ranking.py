@@ -235,7 +235,6 @@ class RankingGradients:
     values: list[Tensor]
     negatives: list[Tensor | None]
     positives: list[Tensor | None]
-    auxiliary: list[Tensor] = field(default_factory=list)
     #: per value, the gradient of the extra per-positive input of :func:`identity_update` (``(P,)``)
     extra: list[Tensor | None] = field(default_factory=list)
 
@@ -264,9 +263,7 @@ class _IdentityUpdate(torch.autograd.Function):
         ctx.index = batch.positive_index
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         ctx.numel = logits.numel()
-        if result.auxiliary:
-            ctx.mark_non_differentiable(*result.auxiliary)
-        return (*result.values, *result.auxiliary)
+        return tuple(result.values)
 
     @staticmethod
     def backward(ctx, *upstream: Tensor):  # type: ignore[override]
@@ -294,7 +291,7 @@ class _IdentityUpdate(torch.autograd.Function):
 
 def identity_update(logits: Tensor, batch: RankingBatch, formula: Callable[[RankingBatch], RankingGradients],
                     extra: Tensor | None = None) -> tuple[Tensor, ...]:
-    """Run ``formula(batch)`` with the error-driven backward; returns the values, then the auxiliaries.
+    """Run ``formula(batch)`` with the error-driven backward; returns the values.
 
     ``extra``: an optional ``(P_local,)`` input per positive that the formula also differentiates
     (Parameterized AP Loss's soft IoU); its gradient is ``RankingGradients.extra``.

@@ -187,11 +187,18 @@ class PointSet:
     keep: Tensor | None = None  # (M,) bool: the points that take part (None: all)
     scores: Tensor | None = None  # (M,) the points in the scores' own dtype
 
+    def power_rows(self, degree: int) -> list[Tensor]:
+        """``1, x, x^2, ...`` up to ``degree``, each ``(M,)`` (the ones expanded, not stored)."""
+        rows = [self.values.new_ones(()).expand(self.values.shape[0]), self.values]
+        if degree >= 2:
+            rows.append(self.values * self.values)
+        return rows
+
     def powers(self, degree: int) -> Tensor:
-        """``(deg + 1, M)``: the rows ``1, x, x^2, ...``."""
+        """``(deg + 1, M)``: the rows ``1, x, x^2, ...`` as one tensor."""
         if degree == 1:  # the row of ones as padding: two operators
             return torch.nn.functional.pad(self.values.unsqueeze(0), (0, 0, 1, 0), value=1.0)
-        return torch.stack([torch.ones_like(self.values), self.values, self.values * self.values])
+        return torch.stack(self.power_rows(degree))
 
 
 class Windows:
@@ -296,10 +303,8 @@ class Windows:
             if weights is None:  # one channel of ones
                 if _CPU_FAST_PATHS and points.values.device.type == "cpu":
                     # a row per power, the ones expanded: no (J, M) array to fill (page faults)
-                    rows = [points.values.new_ones(()).expand(points.values.shape[0]), points.values]
-                    if degree >= 2:
-                        rows.append(points.values * points.values)
-                    for row, power in zip(table.select(0, start).unbind(0), rows, strict=True):
+                    rows = zip(table.select(0, start).unbind(0), points.power_rows(degree), strict=True)
+                    for row, power in rows:
                         row.index_add_(0, points.buckets, power)
                 else:
                     table.select(0, start).index_add_(1, points.buckets, points.powers(degree))
@@ -329,20 +334,17 @@ class Windows:
         ``B`` re-expanded in float64: exact to float32 rounding, half the memory traffic.
         """
         if points.scores is None or points.scores.dtype != torch.float32:
-            columns = table.t().contiguous().unbind(0)
-            sums = torch.take(columns[-1], points.buckets)
-            for power in range(len(columns) - 2, -1, -1):
-                sums.mul_(points.values).add_(torch.take(columns[power], points.buckets))
-            return sums
-        reference = torch.cat([self.sorted_edges[:1], self.sorted_edges])  # (L + 1,) float32
-        r = reference.to(torch.float64)
-        a = table.unbind(1)
-        if len(a) == 2:
-            columns = [a[0] + a[1] * r, a[1]]
+            columns, deviation = table.t().contiguous().unbind(0), points.values
         else:
-            columns = [a[0] + (a[1] + a[2] * r) * r, a[1] + 2.0 * a[2] * r, a[2]]
-        columns = torch.stack(columns).to(torch.float32).unbind(0)
-        deviation = torch.take(reference, points.buckets).neg_().add_(points.scores)
+            reference = torch.cat([self.sorted_edges[:1], self.sorted_edges])  # (L + 1,) float32
+            r = reference.to(torch.float64)
+            a = table.unbind(1)
+            if len(a) == 2:
+                columns = [a[0] + a[1] * r, a[1]]
+            else:
+                columns = [a[0] + (a[1] + a[2] * r) * r, a[1] + 2.0 * a[2] * r, a[2]]
+            columns = torch.stack(columns).to(torch.float32).unbind(0)
+            deviation = torch.take(reference, points.buckets).neg_().add_(points.scores)
         sums = torch.take(columns[-1], points.buckets)
         for power in range(len(columns) - 2, -1, -1):
             sums.mul_(deviation).add_(torch.take(columns[power], points.buckets))
