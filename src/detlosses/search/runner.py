@@ -25,7 +25,14 @@ from optuna.trial import TrialState
 from ..training import TrainConfig, quiet_lightning
 from .ppo import PPOSettings, sigma_for_round
 from .proxy import make_search_split, proxy_config, run_proxy
-from .sampler import WORKER_ATTR, PPOSampler, closed_rounds, fail_dead_local_trials
+from .sampler import (
+    WORKER_ATTR,
+    PPOSampler,
+    closed_rounds,
+    enqueue_own_trial,
+    fail_dead_local_trials,
+    fail_unrun_trials,
+)
 from .space import SearchSpace
 from .study import SAMPLERS, finished, open_study, quiet_optuna
 
@@ -139,6 +146,7 @@ def worker_loop(config: SearchConfig, worker: int, report: bool) -> None:
     objective = _objective(config, split_file)
     fail_dead_local_trials(study)
     while not finished(study, config):
+        enqueue_own_trial(study)
         try:
             study.optimize(objective, n_trials=1, catch=())
         except optuna.exceptions.OptunaError as err:
@@ -178,6 +186,9 @@ def run_search(config: SearchConfig) -> SearchResult:
     failed = [p.exitcode for p in helpers if p.exitcode not in (0, None)]
     if failed:
         raise RuntimeError(f"{len(failed)} search worker(s) failed (exit codes {failed})")
+    study = open_study(config)
+    if finished(study, config):
+        fail_unrun_trials(study)
     from .results import write_results
 
     return write_results(config)

@@ -28,7 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 from .ppo import PPOSettings, TruncatedNormal, logit, ppo_update, sigma_for_round
 from .space import SearchSpace
 
-__all__ = ["PPOSampler", "round_of", "closed_rounds", "fail_dead_local_trials", "record_worker", "WORKER_ATTR",
+__all__ = ["PPOSampler", "round_of", "closed_rounds", "fail_dead_local_trials", "record_worker", "enqueue_own_trial",
+           "fail_unrun_trials", "WORKER_ATTR",
            "ROUND_ATTR"]
 
 ROUND_ATTR = "ppo_round"
@@ -72,9 +73,34 @@ def _process_alive(pid: int) -> bool:
 ORPHAN_SECONDS = 60.0
 
 
+def this_worker() -> dict[str, Any]:
+    """This process as a search worker: host name and process id."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def enqueue_own_trial(study: optuna.Study) -> None:
+    """Create the next trial as WAITING with this worker already recorded, in one storage write.
+
+    ``study.optimize`` pops it (WAITING -> RUNNING is atomic in every Optuna storage), so no trial
+    is ever RUNNING without a worker, whenever the process is killed. A WAITING trial left by a
+    killed worker is simply popped and run by the next one (then none is added).
+    """
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return
+    study.enqueue_trial({}, user_attrs={WORKER_ATTR: this_worker()})
+
+
 def record_worker(study: optuna.Study, trial_id: int) -> None:
     """Record this process as the worker of a trial (host and pid), right after it is created."""
-    study._storage.set_trial_user_attr(trial_id, WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
+    study._storage.set_trial_user_attr(trial_id, WORKER_ATTR, this_worker())
+
+
+def fail_unrun_trials(study: optuna.Study) -> int:
+    """Fail the WAITING trials left once a search is finished (a killed worker's, never to run)."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for trial in waiting:
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return len(waiting)
 
 
 def fail_dead_local_trials(study: optuna.Study) -> int:
