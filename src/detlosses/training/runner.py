@@ -77,7 +77,7 @@ def _progress_bar_visible(config: TrainConfig) -> bool:
 
 
 def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, extra_callbacks: list[pl.Callback] = (),
-             keep_best: bool = True):
+             keep_best: bool = True, timer: IterationTimer | None = None):
     callbacks: list[pl.Callback] = []
     loggers: list[Any] | bool = False
     if for_fit:
@@ -97,6 +97,8 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, extra_callbac
         elif _progress_bar_visible(config):  # refreshed (the loss read from the device) once per logging interval
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.log_every)))
         callbacks.extend(extra_callbacks)
+        if timer is not None:  # first: its batch-end hook runs before the others' (progress, logging)
+            callbacks.insert(0, timer)
         loggers = [CSVLogger(run_dir, name="", version=""),
                    TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
     return pl.Trainer(
@@ -257,7 +259,7 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
     if ckpt_path:
         saved = torch.load(last, map_location="cpu", weights_only=False)
         resumed_at = (int(saved.get("epoch", 0)), int(saved.get("global_step", 0)))
-    trainer = _trainer(config, run_dir, for_fit=True, extra_callbacks=[timer, tracker, *callbacks],
+    trainer = _trainer(config, run_dir, for_fit=True, extra_callbacks=[tracker, *callbacks], timer=timer,
                        keep_best=keep_best)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero and earlier_log:
@@ -265,6 +267,7 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
     _final_metrics(trainer, module, datamodule, tracker)
     metrics = dict(module.last_metrics or {})
     metrics["seconds_per_iteration"] = timer.seconds_per_iteration
+    metrics["timing"] = timer.summary()
     metrics["loss"] = config.loss
     metrics["diverged"] = bool(module.diverged)
     metrics["run"] = {**config.run_settings(), "iterations": int(trainer.global_step), "torch": torch.__version__}
