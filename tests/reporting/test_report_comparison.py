@@ -159,3 +159,23 @@ def test_times_are_comparable_only_under_the_same_conditions(tmp_path) -> None:
     assert "focal seed 1: no timing record" in text
     markdown = write_comparison(tmp_path, runs).read_text()
     assert "not measured under the same conditions" in markdown and "torch_threads differs" in markdown
+
+
+def test_runs_still_improving_at_the_end_are_named(tmp_path) -> None:
+    runs = two_by_two(tmp_path)
+    history = {("focal", 0): [0.30, 0.305], ("focal", 1): [0.33, 0.335], ("ap_loss", 0): [0.20, 0.40],
+               ("ap_loss", 1): [0.37, 0.36]}
+    for run in runs:
+        run_dir = Path(run["run_dir"])
+        run_dir.mkdir(parents=True)
+        rows = ["epoch,step,train/loss,val/AP", "0,5,1.0,"]
+        rows += [f"{2 * i + 1},{10 * (i + 1)},,{ap}" for i, ap in enumerate(history[run["loss"], run["seed"]])]
+        (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+    summary = summarize_runs(runs)
+    assert summary["losses"]["focal"]["still_improving"] == []
+    assert summary["losses"]["ap_loss"]["still_improving"] == [0]
+    assert summary["losses"]["focal"]["last_val_change"]["mean"] == pytest.approx(0.005)
+    assert summary["losses"]["ap_loss"]["last_val_change"]["values"] == pytest.approx([0.20, -0.01])
+    markdown = write_comparison(tmp_path / "out", runs).read_text()
+    assert "**Still improving at the end** (↗, last change 1 AP or more): ap_loss (seed 0)" in markdown
+    assert "9.5 ± 14.8 ↗" in markdown

@@ -36,6 +36,7 @@ from .formatting import (
 )
 from .plots import plot_comparison
 from .run_dir import REPORT_MD
+from .training_log import PLATEAU_TOLERANCE, validation_trend
 
 __all__ = [
     "COMPARISON_JSON",
@@ -157,6 +158,12 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         time = entry["seconds_per_iteration"]["mean"]
         ok = math.isfinite(reference_time) and reference_time > 0 and math.isfinite(time)
         entry["relative_time"] = time / reference_time if ok else NA
+    for entry in losses.values():
+        trends = [validation_trend(Path(d) / "metrics.csv") if d is not None else None for d in entry["run_dirs"]]
+        entry["last_val_change"] = _mean_std([t["last_change"] if t and t["last_change"] is not None else math.nan
+                                              for t in trends])
+        entry["still_improving"] = [seed for seed, t in zip(entry["seeds"], trends, strict=True)
+                                    if t is not None and t["stopped"] is False]
     return {"metrics": list(SUMMARY_METRICS), "reference_loss": REFERENCE_LOSS, "losses": losses,
             "timing": timing_conditions(runs)}
 
@@ -195,6 +202,18 @@ def timing_conditions(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             per_run = ", ".join(f"{label}: {timing.get(key)}" for label, timing in records)
             notes.append(f"{key} differs between runs ({per_run})")
     return {"comparable": not notes, "notes": notes}
+
+
+def _convergence_section(summary: Mapping[str, Any]) -> list[str]:
+    improving = {loss: e["still_improving"] for loss, e in summary["losses"].items() if e.get("still_improving")}
+    tolerance = f"{100 * PLATEAU_TOLERANCE:g} AP"
+    if not improving:
+        return [f"last Δ val AP: the last validation's AP minus the one before, in AP points. Every run had stopped "
+                f"improving (last change below {tolerance}) where its change is defined.", ""]
+    listed = "; ".join(f"{loss} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                       for loss, seeds in improving.items())
+    return [f"last Δ val AP: the last validation's AP minus the one before, in AP points. **Still improving at the "
+            f"end** (↗, last change {tolerance} or more): {listed} — a longer schedule may change their rank.", ""]
 
 
 def _timing_section(summary: Mapping[str, Any]) -> list[str]:
@@ -253,7 +272,7 @@ def _comparison_markdown(summary: Mapping[str, Any], out_dir: Path,
     losses = summary["losses"]
     best = {metric: _best(summary, metric) for metric in PERCENT_METRICS}
     header = ["Loss", "Seeds", *[f"{m} {'↓' if m.startswith('oLRP') else '↑'}" for m in PERCENT_METRICS],
-              "s / iteration", f"time vs {REFERENCE_LOSS}", "Reports"]
+              "last Δ val AP", "s / iteration", f"time vs {REFERENCE_LOSS}", "Reports"]
     rows = []
     for loss, entry in losses.items():
         cells = [loss, str(entry["n_runs"])]
@@ -265,6 +284,8 @@ def _comparison_markdown(summary: Mapping[str, Any], out_dir: Path,
             if cell != NA and 0 < stat["n"] < entry["n_runs"]:
                 cell += f" (n={stat['n']})"
             cells.append(cell)
+        change = entry.get("last_val_change") or {"mean": math.nan, "std": math.nan}
+        cells.append(format_mean_std(change["mean"], change["std"]) + (" ↗" if entry.get("still_improving") else ""))
         time = entry["seconds_per_iteration"]
         cells.append(format_mean_std(time["mean"], time["std"], percent=False, decimals=4))
         cells.append(_relative_time_cell(entry["relative_time"]))
@@ -296,6 +317,7 @@ def _comparison_markdown(summary: Mapping[str, Any], out_dir: Path,
         markdown_table(header, rows, align=["l"] + ["r"] * (len(header) - 2) + ["l"]),
         f"![AP, AP50, AP75 and oLRP per loss]({COMPARISON_PNG})",
         "",
+        *_convergence_section(summary),
         *_timing_section(summary),
         *_settings_section(settings),
         "## Individual runs",

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LOSS_PREFIX", "LR_PREFIX", "VAL_PREFIX", "TrainingLog", "read_training_log"]
+__all__ = ["LOSS_PREFIX", "LR_PREFIX", "PLATEAU_TOLERANCE", "VAL_PREFIX", "TrainingLog", "read_training_log",
+           "validation_trend"]
+
+PLATEAU_TOLERANCE = 0.01
+"""A run has stopped improving when its last validation AP is less than this (1 AP) above the one before."""
 
 LOSS_PREFIX = "train/loss"
 """Columns starting with this are loss components, plotted against ``step``."""
@@ -132,3 +136,22 @@ def read_training_log(path: str | os.PathLike[str]) -> TrainingLog:
         values={c: np.asarray(v, dtype=np.float64) for c, v in zip(columns, cells, strict=True)},
         present={c: np.asarray(f, dtype=bool) for c, f in zip(columns, flags, strict=True)},
     )
+
+
+def validation_trend(path: str | os.PathLike[str], key: str = "val/AP",
+                     tolerance: float = PLATEAU_TOLERANCE) -> dict[str, object]:
+    """Whether a run had stopped improving: its last two validations of ``key`` from its ``metrics.csv``.
+
+    Returns ``{"epochs", "values", "last_change", "stopped"}``: the validated epochs and values,
+    ``last - previous`` and ``last_change < tolerance`` (a fall counts as stopped); ``last_change`` and
+    ``stopped`` are ``None`` with fewer than two finite validations (or no log).
+    """
+    try:
+        epochs, values = read_training_log(path).per_epoch(key)
+    except (FileNotFoundError, KeyError, ValueError):
+        epochs, values = np.zeros(0), np.zeros(0)
+    finite = np.isfinite(values)
+    epochs, values = epochs[finite], values[finite]
+    change = float(values[-1] - values[-2]) if values.size >= 2 else None
+    return {"epochs": [int(e) for e in epochs], "values": [float(v) for v in values], "last_change": change,
+            "stopped": None if change is None else bool(change < tolerance)}
