@@ -72,7 +72,9 @@ AllowTrainAsValOpt = Annotated[
     typer.Option("--allow-train-as-val",
                  help="Measure on validation images that are also training images, on purpose."),
 ]
-ModelOpt = Annotated[str | None, typer.Option(help="Detector: retinanet | fcos | faster_rcnn | ssd." + _default("model"))]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="Detector: retinanet | fcos | faster_rcnn | ssd." + _default("model")),
+]
 BackboneOpt = Annotated[
     str | None, typer.Option(help="Backbone with FPN: mobilenet_v2 | resnet18 | resnet50." + _default("backbone")),
 ]

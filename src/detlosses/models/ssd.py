@@ -28,8 +28,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v2
-from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
 from torchvision.ops import boxes as box_ops
 
