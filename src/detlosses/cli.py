@@ -177,6 +177,9 @@ def train(
                           "faster_rcnn (both stages), ssd: ce (default: torchvision's own loss) | the same seven."),
     ] = None,
     pap_params: Annotated[Path | None, typer.Option(help="Params file for --loss pap (from detlosses search).")] = None,
+    recipe: Annotated[Path | None, typer.Option(
+        help="A published recipe (configs/recipes/<model>_<loss>.yaml): its loss, lr per image, anchors, box "
+             "coder and assigner on top of the other options (not with --lr).")] = None,
     pretrained_backbone: PretrainedOpt = None,
     weights_dir: WeightsDirOpt = None,
     epochs: EpochsOpt = None,
@@ -199,14 +202,23 @@ def train(
     """Train a detector with one loss; evaluate it (COCO AP, LRP) and write report.md."""
     from .training import train as train_run
 
+    if recipe is not None and lr is not None:
+        _fail("--lr and --recipe both set the learning rate: the recipe gives it per image; drop one")
+
     def job():
+        from .training.recipes import apply_recipe, load_recipe
+
+        chosen = load_recipe(recipe) if recipe is not None else None
         cfg = _build_config(
             config, set_, data=data, val_data=val_data, test_data=test_data, val_fraction=val_fraction,
-            allow_train_as_val=allow_train_as_val or None, model=model, backbone=backbone, loss=loss,
+            allow_train_as_val=allow_train_as_val or None, model=model or (chosen and chosen.model),
+            backbone=backbone, loss=loss or (chosen and chosen.loss),
             pap_params=pap_params, pretrained_backbone=pretrained_backbone, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, seed=seed, out=out, precision=precision, devices=devices,
             strategy=strategy, accelerator=accelerator,
         )
+        if chosen is not None:
+            cfg = apply_recipe(cfg, chosen)
         _seed_weights(weights_dir)
         return train_run(cfg, resume=resume, resume_or_start=resume_or_start)
 
@@ -274,6 +286,9 @@ def compare(
     image_size: SizeOpt = None,
     lr: LrOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/compare).")] = None,
+    recipes: Annotated[Path | None, typer.Option(
+        help="Directory of published recipes (e.g. configs/recipes): each loss trains with its paper's settings "
+             "<model>_<loss>.yaml (lr per image, anchors, box coder, assigner) on the same data and budget.")] = None,
     precision: PrecisionOpt = None,
     devices: DevicesOpt = None,
     strategy: StrategyOpt = None,
@@ -302,7 +317,7 @@ def compare(
             accelerator=accelerator,
         )
         _seed_weights(weights_dir)
-        return compare_runs(cfg, loss_list, seed_list, cfg.out)
+        return compare_runs(cfg, loss_list, seed_list, cfg.out, recipes=recipes)
 
     path, runs = _run(job)
     if path is None:  # a data-parallel rank other than 0

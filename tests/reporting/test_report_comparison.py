@@ -131,3 +131,31 @@ def test_load_run(tmp_path: Path) -> None:
     (tmp_path / "metrics.json").write_text(json.dumps({"loss": "focal"}))
     with pytest.raises(KeyError, match="seed"):
         load_run(tmp_path)
+
+
+def _timing(**overrides: Any) -> dict[str, Any]:
+    timing = {"host": "h", "device": "cpu x", "accelerator": "cpu", "torch_threads": 2, "precision": "32-true",
+              "world_size": 1, "torch": "2.14.1", "iterations_timed": 40, "warmup_iterations_skipped": 5,
+              "load_average": 2.0, "shared": False}
+    timing.update(overrides)
+    return timing
+
+
+def test_times_are_comparable_only_under_the_same_conditions(tmp_path) -> None:
+    runs = two_by_two()
+    for run in runs:
+        run["metrics"]["timing"] = _timing()
+    assert summarize_runs(runs)["timing"] == {"comparable": True, "notes": []}
+    runs[0]["metrics"]["timing"] = _timing(torch_threads=1)
+    runs[1]["metrics"]["timing"] = _timing(shared=True, load_average=3.4)
+    runs[2]["metrics"]["timing"] = _timing(iterations_timed=0)
+    del runs[3]["metrics"]["timing"]
+    timing = summarize_runs(runs)["timing"]
+    assert not timing["comparable"]
+    text = "\n".join(timing["notes"])
+    assert "torch_threads differs" in text and "ap_loss seed 1: 1" in text
+    assert "focal seed 0: other work ran beside it (mean load average 3.4" in text
+    assert "ap_loss seed 0: too short to time" in text
+    assert "focal seed 1: no timing record" in text
+    markdown = write_comparison(tmp_path, runs).read_text()
+    assert "not measured under the same conditions" in markdown and "torch_threads differs" in markdown

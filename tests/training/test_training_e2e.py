@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from detlosses.models import LOSS_NAMES
 from detlosses.training import TrainConfig, compare, evaluate_checkpoint, quiet_lightning, train
@@ -38,7 +39,9 @@ def test_train_eval_report_every_loss(tmp_path, loss):
         assert key in metrics
     for key in ("AP", "AP50", "AP75", "oLRP", "oLRP_FN"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["seconds_per_iteration"] > 0
+    timing = metrics["timing"]  # two iterations: both warm-up, too short to time
+    assert timing["iterations_timed"] == 0 and metrics["seconds_per_iteration"] is None
+    assert timing["statistic"] == "median of steady-state iterations" and timing["accelerator"] == "cpu"
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     report = (run / "report.md").read_text()
     assert "oLRP" in report and list((run / "plots").glob("*.png"))
@@ -113,6 +116,18 @@ def test_compare_writes_the_table(tmp_path):
     assert (tmp_path / "cmp" / "focal-seed0" / "metrics.json").stat().st_mtime == before
 
 
+def test_compare_applies_each_loss_its_recipe(tmp_path):
+    recipes = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+    base = TrainConfig(limit_train_batches=1, **TINY)
+    path, runs = compare(base, ["focal", "rank_sort"], [0], tmp_path / "cmp", recipes=recipes)
+    configs = {run["loss"]: yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text()) for run in runs}
+    assert configs["focal"]["lr"] == pytest.approx(0.000625 * TINY["batch_size"])
+    assert configs["rank_sort"]["assigner"] == "atss" and configs["rank_sort"]["anchor_ratios"] == [1.0]
+    assert configs["rank_sort"]["epochs"] == TINY["epochs"]  # the budget stays the comparison's
+    text = path.read_text()
+    assert "retinanet_rank_sort.yaml: lr 0.002 (0.0005 per image)" in text and "assigner atss" in text
+
+
 def test_cli_errors_are_clear(tmp_path):
     from typer.testing import CliRunner
 
@@ -127,6 +142,10 @@ def test_cli_errors_are_clear(tmp_path):
     assert out.exit_code == 2 and "does not exist" in out.stderr
     out = runner.invoke(app, ["train", "--set", "epochs"])
     assert out.exit_code == 2 and "must look like key=value" in out.stderr
+    out = runner.invoke(app, ["train", "--recipe", "configs/recipes/retinanet_alrp.yaml", "--lr", "0.1"])
+    assert out.exit_code == 2 and "--lr and --recipe both set the learning rate" in out.stderr
+    out = runner.invoke(app, ["compare", "--recipes", str(tmp_path / "none"), "--out", str(tmp_path / "c")])
+    assert out.exit_code == 2 and "recipes directory" in out.stderr
 
 
 _DDP_SCRIPT = """

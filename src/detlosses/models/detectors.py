@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights, ResNet50_Weights
 from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.models.detection.fcos import FCOSHead
@@ -28,11 +29,13 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .assignment import DenseAssignment
+from .atss import atss_match
 from .criteria import DetectionCriterion
 
-__all__ = ["DetectorConfig", "build_detector", "MODELS", "BACKBONES"]
+__all__ = ["DetectorConfig", "build_detector", "MODELS", "BACKBONES", "ASSIGNERS"]
 
 MODELS = ("retinanet", "fcos", "faster_rcnn", "ssd")
+ASSIGNERS = ("iou", "atss")
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
 _WEIGHTS = {
     "resnet50": ResNet50_Weights.IMAGENET1K_V1,
@@ -60,6 +63,16 @@ class DetectorConfig:
             the heads, which dominate the cost of small images on a CPU).
         head_norm: ``"group"`` (GroupNorm in the RetinaNet head convolutions, as torchvision's
             RetinaNet v2; FCOS always uses it) or ``"none"`` (the original RetinaNet head).
+        anchors_per_octave: RetinaNet anchor scales per octave (3 in the RetinaNet paper, 2 in
+            AP-Loss's, 1 in ATSS's).
+        anchor_ratios: RetinaNet anchor aspect ratios (height / width).
+        box_coder_weights: RetinaNet box coder weights ``(wx, wy, ww, wh)``: deltas are
+            ``wx (x - xa) / wa``, ..., so ``(10, 10, 5, 5)`` is the "stds 0.1, 0.1, 0.2, 0.2" of mmdetection
+            configs; torchvision's RetinaNet uses ``(1, 1, 1, 1)``.
+        assigner: RetinaNet positives: ``"iou"`` (torchvision's matcher: IoU >= 0.5 positive, < 0.4
+            background, in between ignored, low-quality matches allowed) or ``"atss"``
+            (:func:`~detlosses.models.atss.atss_match`).
+        atss_top_k: ATSS candidates per level and box.
         score_thresh, nms_thresh, detections_per_img: post-processing.
     """
 
@@ -72,6 +85,11 @@ class DetectorConfig:
     anchor_scale: float = 4.0
     fpn_channels: int = 256
     head_norm: str = "group"
+    anchors_per_octave: int = 3
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    assigner: str = "iou"
+    atss_top_k: int = 9
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -89,6 +107,21 @@ class DetectorConfig:
             raise ValueError(f"fpn_channels must be >= 8, got {self.fpn_channels}")
         if self.head_norm not in ("group", "none"):
             raise ValueError(f"head_norm must be 'group' or 'none', got {self.head_norm!r}")
+        if self.anchors_per_octave < 1:
+            raise ValueError(f"anchors_per_octave must be >= 1, got {self.anchors_per_octave}")
+        if not self.anchor_ratios or any(r <= 0 for r in self.anchor_ratios):
+            raise ValueError(f"anchor_ratios must be positive numbers, got {list(self.anchor_ratios)}")
+        if len(self.box_coder_weights) != 4 or any(w <= 0 for w in self.box_coder_weights):
+            raise ValueError(f"box_coder_weights must be 4 positive numbers, got {list(self.box_coder_weights)}")
+        if self.assigner not in ASSIGNERS:
+            raise ValueError(f"assigner must be one of {ASSIGNERS}, got {self.assigner!r}")
+        if self.model != "retinanet" and (self.assigner != "iou" or self.anchors_per_octave != 3
+                                          or tuple(self.anchor_ratios) != (0.5, 1.0, 2.0)
+                                          or tuple(self.box_coder_weights) != (1.0, 1.0, 1.0, 1.0)):
+            raise ValueError(f"assigner, anchors_per_octave, anchor_ratios and box_coder_weights apply to RetinaNet "
+                             f"only; model {self.model!r} has its own assignment and box coder")
+        if self.atss_top_k < 1:
+            raise ValueError(f"atss_top_k must be >= 1, got {self.atss_top_k}")
 
 
 def _backbone(config: DetectorConfig) -> nn.Module:
@@ -178,6 +211,31 @@ class FCOSCriterionHead(_CriterionMixin, FCOSHead):
         self.criterion = criterion
 
 
+class LevelCountingAnchorGenerator(AnchorGenerator):
+    """torchvision's ``AnchorGenerator`` that also remembers how many anchors each level has (ATSS needs it)."""
+
+    anchors_per_level: list[int]
+
+    def forward(self, image_list, feature_maps):
+        self.anchors_per_level = [f.shape[-2] * f.shape[-1] * n
+                                  for f, n in zip(feature_maps, self.num_anchors_per_location(), strict=True)]
+        return super().forward(image_list, feature_maps)
+
+
+class ATSSRetinaNet(RetinaNet):
+    """torchvision RetinaNet whose positives are chosen by ATSS instead of the IoU matcher."""
+
+    def __init__(self, *args, atss_top_k: int = 9, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.atss_top_k = atss_top_k
+
+    def compute_loss(self, targets, head_outputs, anchors):  # noqa: D401 - torchvision API
+        per_level = self.anchor_generator.anchors_per_level
+        matched_idxs = [atss_match(t["boxes"], a, per_level, self.atss_top_k)
+                        for t, a in zip(targets, anchors, strict=True)]
+        return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
+
+
 def build_detector(config: DetectorConfig, criterion: DetectionCriterion) -> nn.Module:
     """torchvision RetinaNet/FCOS whose training loss is ``criterion`` (state in the model's state_dict)."""
     if config.model == "faster_rcnn":
@@ -195,12 +253,21 @@ def build_detector(config: DetectorConfig, criterion: DetectionCriterion) -> nn.
         nms_thresh=config.nms_thresh, detections_per_img=config.detections_per_img,
     )
     if config.model == "retinanet":
-        sizes = tuple(tuple(config.anchor_scale * s * 2 ** (k / 3) for k in range(3)) for s in strides)
-        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(strides))
+        n = config.anchors_per_octave
+        sizes = tuple(tuple(config.anchor_scale * s * 2 ** (k / n) for k in range(n)) for s in strides)
+        anchors = LevelCountingAnchorGenerator(sizes, (tuple(config.anchor_ratios),) * len(strides))
         norm = partial(nn.GroupNorm, min(32, backbone.out_channels)) if config.head_norm == "group" else None
         head = RetinaNetCriterionHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
                                       config.num_classes, criterion, norm_layer=norm)
-        return RetinaNet(backbone, config.num_classes, anchor_generator=anchors, head=head, **common)
+        coder = BoxCoder(weights=tuple(float(w) for w in config.box_coder_weights))
+        head.regression_head.box_coder = head.box_coder = coder
+        if config.assigner == "atss":
+            model = ATSSRetinaNet(backbone, config.num_classes, anchor_generator=anchors, head=head,
+                                  atss_top_k=config.atss_top_k, **common)
+        else:
+            model = RetinaNet(backbone, config.num_classes, anchor_generator=anchors, head=head, **common)
+        model.box_coder = coder  # decoding in post-processing
+        return model
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
     head = FCOSCriterionHead(backbone.out_channels, anchors.num_anchors_per_location()[0], config.num_classes,
                              criterion)

@@ -44,7 +44,9 @@ __all__ = [
     "PERCENT_METRICS",
     "REFERENCE_LOSS",
     "SUMMARY_METRICS",
+    "TIMING_CONDITIONS",
     "summarize_runs",
+    "timing_conditions",
     "write_comparison",
 ]
 
@@ -155,7 +157,53 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         time = entry["seconds_per_iteration"]["mean"]
         ok = math.isfinite(reference_time) and reference_time > 0 and math.isfinite(time)
         entry["relative_time"] = time / reference_time if ok else NA
-    return {"metrics": list(SUMMARY_METRICS), "reference_loss": REFERENCE_LOSS, "losses": losses}
+    return {"metrics": list(SUMMARY_METRICS), "reference_loss": REFERENCE_LOSS, "losses": losses,
+            "timing": timing_conditions(runs)}
+
+
+TIMING_CONDITIONS: tuple[str, ...] = ("host", "device", "accelerator", "torch_threads", "precision", "world_size",
+                                      "torch")
+"""What must be equal for two runs' seconds per iteration to be compared (``metrics["timing"]``)."""
+
+
+def timing_conditions(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Whether the runs' times per iteration were measured under the same conditions, and why not.
+
+    Returns ``{"comparable": bool, "notes": [str, ...]}``. Not comparable when a run has no timing record
+    (trained by an older version: mean including warm-up), when one of :data:`TIMING_CONDITIONS` differs
+    between runs, when a run ran beside other work (``shared``: load average above its own threads), or
+    when a run was too short to time any steady-state iteration.
+    """
+    notes: list[str] = []
+    records = []
+    for run in runs:
+        label = f"{run.get('loss')} seed {run.get('seed')}"
+        timing = run["metrics"].get("timing") if isinstance(run.get("metrics"), Mapping) else None
+        if not isinstance(timing, Mapping):
+            notes.append(f"{label}: no timing record (an older run: mean over all iterations, warm-up included)")
+            continue
+        records.append((label, timing))
+        if not timing.get("iterations_timed"):
+            notes.append(f"{label}: too short to time (no iteration after the "
+                         f"{timing.get('warmup_iterations_skipped')} warm-up ones)")
+        if timing.get("shared"):
+            notes.append(f"{label}: other work ran beside it (mean load average {timing.get('load_average'):.1f} "
+                         f"with {timing.get('torch_threads')} threads of its own)")
+    for key in TIMING_CONDITIONS:
+        values = {str(timing.get(key)) for _, timing in records}
+        if len(values) > 1:
+            per_run = ", ".join(f"{label}: {timing.get(key)}" for label, timing in records)
+            notes.append(f"{key} differs between runs ({per_run})")
+    return {"comparable": not notes, "notes": notes}
+
+
+def _timing_section(summary: Mapping[str, Any]) -> list[str]:
+    timing = summary.get("timing") or {"comparable": True, "notes": []}
+    if timing["comparable"]:
+        return ["Times: median of each run's steady-state training iterations (warm-up, validation, checkpoints "
+                "and reports excluded), all measured under the same conditions.", ""]
+    return ["**Times were not measured under the same conditions; `s / iteration` and `time vs focal` are not "
+            "comparable:**", "", *[f"- {note}" for note in timing["notes"]], ""]
 
 
 def _best(summary: Mapping[str, Any], metric: str) -> float:
@@ -248,6 +296,7 @@ def _comparison_markdown(summary: Mapping[str, Any], out_dir: Path,
         markdown_table(header, rows, align=["l"] + ["r"] * (len(header) - 2) + ["l"]),
         f"![AP, AP50, AP75 and oLRP per loss]({COMPARISON_PNG})",
         "",
+        *_timing_section(summary),
         *_settings_section(settings),
         "## Individual runs",
         "",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import socket
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,50 +23,97 @@ __all__ = ["EpochSummary", "IterationTimer", "ValidationTracker", "append_gradie
 
 
 class IterationTimer(pl.Callback):
-    """Wall time of training iterations (forward, backward, optimiser step), data loading excluded.
+    """Median wall time of the steady-state training iterations, and the conditions it was measured in.
 
-    The first ``skip`` iterations of a run are warm-up and not counted. The running totals are
-    saved in checkpoints, so a resumed run reports the mean over all its timed iterations.
+    An iteration is forward, backward and optimiser step (data loading, validation, checkpointing and
+    report writing happen outside it). The first ``skip`` iterations of every training *process* (a
+    resumed run warms up again) are warm-up — lazy initialisation, allocator growth, first-call
+    dispatch — and not timed. The time reported is the median of the timed iterations, robust to the
+    odd slow step (a logging read, a garbage collection); on CUDA the device is synchronised at both
+    ends of a timed iteration so the time is the device's, not the launch queue's. The timed
+    durations are saved in checkpoints, so a resumed run reports the median over all of them.
+
+    :meth:`summary` also records where and how the run was timed (host, processor or GPU, threads,
+    precision, torch version) and how busy the machine was: the mean 1-minute load average over the
+    timed iterations, and ``shared`` when it exceeded this run's own threads by half a core or more —
+    other work was running beside it, so its time is not comparable with a run on a quiet machine.
     """
 
-    def __init__(self, skip: int = 3) -> None:
+    def __init__(self, skip: int = 5) -> None:
         self.skip = skip
-        self.total = 0.0
-        self.count = 0
-        self.seen = 0
-        self.warmup_total = 0.0
+        self.durations: list[float] = []
+        self.loads: list[float] = []
+        self.seen_here = 0  # iterations of this process (warm-up is per process)
         self._start: float | None = None
+        self._cuda = False
+        self._conditions: dict[str, Any] = {}
 
     @property
     def seconds_per_iteration(self) -> float:
-        """Mean over the timed iterations (over all of them if the run was shorter than the warm-up)."""
-        if self.count:
-            return self.total / self.count
-        return self.warmup_total / self.seen if self.seen else float("nan")
+        """Median over the timed iterations; NaN when the run was too short to time any."""
+        return float(statistics.median(self.durations)) if self.durations else float("nan")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        device = pl_module.device
+        self._cuda = device.type == "cuda"
+        self._conditions = {
+            "host": socket.gethostname(),
+            "device": torch.cuda.get_device_name(device) if self._cuda else _cpu_name(),
+            "accelerator": device.type,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "precision": str(trainer.precision),
+            "world_size": int(trainer.world_size),
+            "torch": torch.__version__,
+        }
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.seen_here >= self.skip and self._cuda:
+            torch.cuda.synchronize()
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._start is None:
             return
-        elapsed = time.perf_counter() - self._start
-        self.seen += 1
-        if self.seen > self.skip:
-            self.total += elapsed
-            self.count += 1
-        else:
-            self.warmup_total += elapsed
+        self.seen_here += 1
+        if self.seen_here > self.skip:
+            if self._cuda:
+                torch.cuda.synchronize()
+            self.durations.append(time.perf_counter() - self._start)
+            if hasattr(os, "getloadavg"):
+                self.loads.append(os.getloadavg()[0])
         self._start = None
 
+    def summary(self) -> dict[str, Any]:
+        """``metrics["timing"]``: the statistic, how many iterations it rests on, and the conditions."""
+        own_threads = self._conditions.get("torch_threads") or 1
+        load = float(statistics.fmean(self.loads)) if self.loads else None
+        return {
+            "statistic": "median of steady-state iterations",
+            "seconds_per_iteration": self.seconds_per_iteration,
+            "iterations_timed": len(self.durations),
+            "warmup_iterations_skipped": self.skip,
+            **self._conditions,
+            "load_average": load,
+            "shared": bool(load is not None and load - own_threads >= 0.5),
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "count": self.count, "seen": self.seen, "warmup_total": self.warmup_total}
+        return {"durations": list(self.durations), "loads": list(self.loads)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.total = float(state_dict.get("total", 0.0))
-        self.count = int(state_dict.get("count", 0))
-        self.seen = int(state_dict.get("seen", 0))
-        self.warmup_total = float(state_dict.get("warmup_total", 0.0))
+        self.durations = [float(v) for v in state_dict.get("durations", [])]
+        self.loads = [float(v) for v in state_dict.get("loads", [])]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class EpochSummary(pl.Callback):

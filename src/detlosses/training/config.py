@@ -67,6 +67,11 @@ class TrainConfig:
     anchor_scale: float = 4.0
     fpn_channels: int = 256
     head_norm: str = "group"
+    anchors_per_octave: int = 3
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    assigner: str = "iou"
+    atss_top_k: int = 9
     loss: str | None = None  # None: the model's default (focal; ce for faster_rcnn and ssd)
     loss_options: dict[str, Any] = field(default_factory=dict)
     pap_params: str | None = None
@@ -138,6 +143,20 @@ class TrainConfig:
             raise ValueError(f"pap_params file {self.pap_params} does not exist")
         if not isinstance(self.loss_options, dict):
             raise ValueError(f"loss_options must be a mapping, got {self.loss_options!r}")
+        self.detector_config(num_classes=1)  # the detector's own checks (anchors, assigner, box coder)
+
+    def detector_config(self, num_classes: int):
+        """The :class:`~detlosses.models.DetectorConfig` of this run."""
+        from ..models import DetectorConfig
+
+        return DetectorConfig(
+            model=self.model, backbone=self.backbone, num_classes=num_classes, image_size=self.image_size,
+            pretrained_backbone=self.pretrained_backbone, trainable_layers=self.trainable_layers,
+            anchor_scale=self.anchor_scale, fpn_channels=self.fpn_channels, head_norm=self.head_norm,
+            anchors_per_octave=self.anchors_per_octave, anchor_ratios=tuple(self.anchor_ratios),
+            box_coder_weights=tuple(self.box_coder_weights), assigner=self.assigner, atss_top_k=self.atss_top_k,
+            score_thresh=self.score_thresh,
+        )
 
     @property
     def milestones(self) -> list[int]:

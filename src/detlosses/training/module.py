@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..data import label_to_category_id, rescale_boxes
 from ..evaluation import evaluate_detections, to_coco_detections
-from ..models import DetectorConfig, build_detector, build_model_criterion
+from ..models import build_detector, build_model_criterion
 from .callbacks import append_gradient_norms
 from .config import TrainConfig
 
@@ -58,13 +58,7 @@ class DetectionModule(pl.LightningModule):
         self.classes = list(classes)
         self.criterion = build_model_criterion(self.config.model, self.config.loss, **self.config.criterion_options())
         self.detector = build_detector(
-            DetectorConfig(
-                model=self.config.model, backbone=self.config.backbone, num_classes=len(self.classes),
-                image_size=self.config.image_size, pretrained_backbone=self.config.pretrained_backbone,
-                trainable_layers=self.config.trainable_layers, anchor_scale=self.config.anchor_scale,
-                fpn_channels=self.config.fpn_channels, head_norm=self.config.head_norm,
-                score_thresh=self.config.score_thresh,
-            ),
+            self.config.detector_config(num_classes=len(self.classes)),
             self.criterion,
         )
         self._detections: list[dict[str, Any]] = []

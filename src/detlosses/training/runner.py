@@ -33,6 +33,7 @@ from .callbacks import EpochSummary, IterationTimer, ValidationTracker
 from .config import TrainConfig, config_differences, save_config
 from .datamodule import DATA_SPLIT_JSON, DetectionDataModule
 from .module import DetectionModule
+from .recipes import apply_recipe, recipe_for
 
 __all__ = ["RunResult", "train", "evaluate_checkpoint", "compare", "quiet_lightning"]
 
@@ -77,7 +78,7 @@ def _progress_bar_visible(config: TrainConfig) -> bool:
 
 
 def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, extra_callbacks: list[pl.Callback] = (),
-             keep_best: bool = True):
+             keep_best: bool = True, timer: IterationTimer | None = None):
     callbacks: list[pl.Callback] = []
     loggers: list[Any] | bool = False
     if for_fit:
@@ -97,6 +98,8 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, extra_callbac
         elif _progress_bar_visible(config):  # refreshed (the loss read from the device) once per logging interval
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.log_every)))
         callbacks.extend(extra_callbacks)
+        if timer is not None:  # first: its batch-end hook runs before the others' (progress, logging)
+            callbacks.insert(0, timer)
         loggers = [CSVLogger(run_dir, name="", version=""),
                    TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)]
     return pl.Trainer(
@@ -257,7 +260,7 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
     if ckpt_path:
         saved = torch.load(last, map_location="cpu", weights_only=False)
         resumed_at = (int(saved.get("epoch", 0)), int(saved.get("global_step", 0)))
-    trainer = _trainer(config, run_dir, for_fit=True, extra_callbacks=[timer, tracker, *callbacks],
+    trainer = _trainer(config, run_dir, for_fit=True, extra_callbacks=[tracker, *callbacks], timer=timer,
                        keep_best=keep_best)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero and earlier_log:
@@ -265,6 +268,7 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
     _final_metrics(trainer, module, datamodule, tracker)
     metrics = dict(module.last_metrics or {})
     metrics["seconds_per_iteration"] = timer.seconds_per_iteration
+    metrics["timing"] = timer.summary()
     metrics["loss"] = config.loss
     metrics["diverged"] = bool(module.diverged)
     metrics["run"] = {**config.run_settings(), "iterations": int(trainer.global_step), "torch": torch.__version__}
@@ -353,9 +357,14 @@ def evaluate_checkpoint(
 
 
 def compare(
-    base: TrainConfig, losses: list[str], seeds: list[int], out: str | os.PathLike
+    base: TrainConfig, losses: list[str], seeds: list[int], out: str | os.PathLike,
+    recipes: str | os.PathLike | None = None,
 ) -> tuple[Path | None, list[dict[str, Any]]]:
     """Train every loss with every seed (same detector, data, schedule); write ``comparison.md``.
+
+    With ``recipes`` (a directory of :mod:`~detlosses.training.recipes` files), each loss trains with its
+    paper's recipe ``<recipes>/<model>_<loss>.yaml`` (learning rate per image, anchors, box coder,
+    assignment, ...) on the same data and budget; the comparison lists each loss's recipe.
 
     A finished run in ``out`` (with ``metrics.json``) is reused and an unfinished one resumed only when it
     was trained with the same data and settings (its saved config matches); otherwise nothing is trained and
@@ -364,12 +373,15 @@ def compare(
     """
     out = Path(out)
     primary = launched_rank() == 0
+    chosen = {loss: recipe_for(recipes, base.model, loss) for loss in losses} if recipes is not None else {}
     planned = []
     for loss in losses:
         for seed in seeds:
             run_dir = out / f"{loss}-seed{seed}"
             config = dataclasses.replace(base, loss=loss, seed=seed, out=str(run_dir),
                                          loss_options=base.loss_options if loss == base.loss else {})
+            if loss in chosen:
+                config = apply_recipe(config, chosen[loss])
             if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints" / "last.ckpt").exists():
                 check_same_settings(run_dir, config, "reuse")  # before any training: fail fast
             planned.append((loss, seed, run_dir, config))
@@ -393,4 +405,7 @@ def compare(
     from ..reporting import write_comparison
 
     settings = {key: value for key, value in base.run_settings().items() if key not in ("loss", "seed")}
+    if chosen:
+        settings.pop("lr", None)  # each loss's own, in its recipe
+        settings["recipes"] = {loss: recipe.describe(base.batch_size, base.devices) for loss, recipe in chosen.items()}
     return write_comparison(out, runs, settings=settings), runs
