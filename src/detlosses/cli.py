@@ -72,7 +72,9 @@ AllowTrainAsValOpt = Annotated[
     typer.Option("--allow-train-as-val",
                  help="Measure on validation images that are also training images, on purpose."),
 ]
-ModelOpt = Annotated[str | None, typer.Option(help="Detector: retinanet | fcos." + _default("model"))]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="Detector: retinanet | fcos | faster_rcnn | ssd." + _default("model")),
+]
 BackboneOpt = Annotated[
     str | None, typer.Option(help="Backbone with FPN: mobilenet_v2 | resnet18 | resnet50." + _default("backbone")),
 ]
@@ -170,7 +172,9 @@ def train(
     model: ModelOpt = None,
     backbone: BackboneOpt = None,
     loss: Annotated[
-        str | None, typer.Option(help="focal | ap | alrp | rank_sort | pap | ghm | iou_balanced." + _default("loss")),
+        str | None,
+        typer.Option(help="retinanet, fcos: focal (default) | ap | alrp | rank_sort | pap | ghm | iou_balanced; "
+                          "faster_rcnn (both stages), ssd: ce (default: torchvision's own loss) | the same seven."),
     ] = None,
     pap_params: Annotated[Path | None, typer.Option(help="Params file for --loss pap (from detlosses search).")] = None,
     recipe: Annotated[Path | None, typer.Option(
@@ -295,13 +299,13 @@ def compare(
     Finished runs in --out are reused (and unfinished ones resumed) only when they were trained with the
     same data and settings.
     """
-    from .models import LOSS_NAMES
+    from .models import ALL_LOSS_NAMES
     from .training import compare as compare_runs
 
     loss_list = _csv_list(losses)
-    unknown = [name for name in loss_list if name not in LOSS_NAMES]
+    unknown = [name for name in loss_list if name not in ALL_LOSS_NAMES]
     if unknown:
-        _fail(f"unknown losses {unknown}; choose from {', '.join(LOSS_NAMES)}")
+        _fail(f"unknown losses {unknown}; choose from {', '.join(ALL_LOSS_NAMES)}")
     seed_list = _csv_list(seeds, int)
 
     def job():

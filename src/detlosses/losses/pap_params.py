@@ -42,11 +42,14 @@ __all__ = [
     "resolve_params",
     "load_pap_params",
     "save_pap_params",
+    "load_two_stage_pap_params",
+    "save_two_stage_pap_params",
 ]
 
 FUNCTION_ORDER = ("H2", "I2", "I3", "I1", "H1")
 IDENTITY_THETA = (0.2, 0.2, 0.25, 0.25, 0.3333, 0.3333, 0.5, 0.5)
 PARAMS_FORMAT = "detlosses-pap-params/1"
+TWO_STAGE_FORMAT = "detlosses-pap-params-two-stage/1"
 
 _RETINANET = (
     (0, 0, 0.4182, 0.0277, 0.4948, 0.2187, 0.6882, 0.2624, 0.802, 0.6688, 1, 1),  # H2
@@ -177,14 +180,14 @@ def resolve_params(params: str | Tensor | Sequence | PAPParams) -> PAPParams:
     return PAPParams("searched", validate_control_points(params), 1.0)
 
 
-def save_pap_params(params: PAPParams, path: str | os.PathLike) -> Path:
-    """Write a params file (atomically: a temporary file then ``os.replace``)."""
+def _payload(params: PAPParams) -> dict[str, Any]:
+    """The JSON mapping of one searched set (the body of a params file)."""
     if params.form != "searched" or params.control_points is None:
         raise ValueError("only searched (control-point) parameters can be saved to a params file")
     points = validate_control_points(params.control_points)
     if not math.isfinite(params.reg_weight) or params.reg_weight <= 0:
         raise ValueError(f"reg_weight must be a finite number > 0, got {params.reg_weight}")
-    payload = {
+    return {
         "format": PARAMS_FORMAT,
         "functions": {
             name: [round(v, 6) for v in row.tolist()] for name, row in zip(FUNCTION_ORDER, points, strict=False)
@@ -192,18 +195,51 @@ def save_pap_params(params: PAPParams, path: str | os.PathLike) -> Path:
         "reg_weight": float(params.reg_weight),
         "metadata": dict(params.metadata),
     }
+
+
+def save_pap_params(params: PAPParams, path: str | os.PathLike) -> Path:
+    """Write a params file (atomically: a temporary file then ``os.replace``)."""
+    return atomic_write_json(_payload(params), path)
+
+
+def save_two_stage_pap_params(stages: Mapping[str, PAPParams], path: str | os.PathLike) -> Path:
+    """Write a two-stage params file (Faster R-CNN: ``{"rpn": ..., "rcnn": ...}``), atomically."""
+    payload = {"format": TWO_STAGE_FORMAT, "stages": {name: _payload(params) for name, params in stages.items()}}
     return atomic_write_json(payload, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"params file {path} does not exist") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"params file {path} is not readable JSON: {err}") from None
+
+
+def load_two_stage_pap_params(path: str | os.PathLike) -> dict[str, PAPParams]:
+    """Read a two-stage params file: ``{"rpn": PAPParams, "rcnn": PAPParams}``."""
+    path = Path(path)
+    payload = _read_json(path)
+    if isinstance(payload, dict) and payload.get("format") == PARAMS_FORMAT:
+        raise ValueError(f"params file {path} holds one set of parameters (a one-stage detector's); faster_rcnn "
+                         f"needs a {TWO_STAGE_FORMAT} file with an 'rpn' and an 'rcnn' set (detlosses search "
+                         "--model faster_rcnn writes one)")
+    if not isinstance(payload, dict) or payload.get("format") != TWO_STAGE_FORMAT:
+        raise ValueError(f"params file {path} is not a {TWO_STAGE_FORMAT} file (missing or wrong 'format')")
+    stages = payload.get("stages")
+    if not isinstance(stages, dict) or set(stages) != {"rpn", "rcnn"}:
+        raise ValueError(f"params file {path} must hold the stages 'rpn' and 'rcnn'")
+    return {name: _from_payload(stages[name], f"{path} ({name})") for name in ("rpn", "rcnn")}
 
 
 def load_pap_params(path: str | os.PathLike) -> PAPParams:
     """Read a params file written by :func:`save_pap_params` (or ``detlosses search``)."""
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"params file {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"params file {path} is not readable JSON: {err}") from None
+    return _from_payload(_read_json(path), str(path))
+
+
+def _from_payload(payload: Any, path: str) -> PAPParams:
     if not isinstance(payload, dict) or payload.get("format") != PARAMS_FORMAT:
         raise ValueError(f"params file {path} is not a {PARAMS_FORMAT} file (missing or wrong 'format')")
     functions = payload.get("functions")

@@ -34,7 +34,7 @@ from .criteria import DetectionCriterion
 
 __all__ = ["DetectorConfig", "build_detector", "MODELS", "BACKBONES", "ASSIGNERS"]
 
-MODELS = ("retinanet", "fcos")
+MODELS = ("retinanet", "fcos", "faster_rcnn", "ssd")
 ASSIGNERS = ("iou", "atss")
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
 _WEIGHTS = {
@@ -238,6 +238,14 @@ class ATSSRetinaNet(RetinaNet):
 
 def build_detector(config: DetectorConfig, criterion: DetectionCriterion) -> nn.Module:
     """torchvision RetinaNet/FCOS whose training loss is ``criterion`` (state in the model's state_dict)."""
+    if config.model == "faster_rcnn":
+        from .faster_rcnn import build_faster_rcnn
+
+        return build_faster_rcnn(config, criterion)
+    if config.model == "ssd":
+        from .ssd import build_ssd
+
+        return build_ssd(config, criterion)
     backbone = _backbone(config)
     strides = _strides(backbone, config.image_size)
     common = dict(

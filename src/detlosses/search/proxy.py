@@ -43,15 +43,26 @@ def make_search_split(data: str, split: str, fraction: float, seed: int, path: s
     return atomic_write_json(payload, path)
 
 
-def proxy_config(base: TrainConfig, params: PAPParams, split_file: str | os.PathLike, budget: int,
-                 out: str | os.PathLike, seed: int) -> TrainConfig:
-    """The training run of one sample: ``budget`` iterations, constant lr after a short warm-up."""
-    if params.control_points is None:
-        raise ValueError("the proxy task needs control-point parameters")
+def proxy_config(base: TrainConfig, params: PAPParams | dict[str, PAPParams], split_file: str | os.PathLike,
+                 budget: int, out: str | os.PathLike, seed: int) -> TrainConfig:
+    """The training run of one sample: ``budget`` iterations, constant lr after a short warm-up.
+
+    ``params``: one set, or one per stage (``{"rpn": ..., "rcnn": ...}`` for Faster R-CNN).
+    """
+    stages = params if isinstance(params, dict) else {"": params}
+    options = {}
+    for stage, stage_params in stages.items():
+        if stage_params.control_points is None:
+            raise ValueError("the proxy task needs control-point parameters")
+        values = {"params": stage_params.control_points.tolist(), "reg_weight": float(stage_params.reg_weight)}
+        if stage:
+            options[stage] = values
+        else:
+            options.update(values)
     return dataclasses.replace(
         base,
         loss="pap",
-        loss_options={"params": params.control_points.tolist(), "reg_weight": float(params.reg_weight)},
+        loss_options=options,
         pap_params=None,
         search_split=str(split_file),
         val_data=None,

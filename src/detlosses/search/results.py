@@ -11,7 +11,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from ..losses.pap_params import PAPParams, save_pap_params
+from ..losses.pap_params import PAPParams, save_pap_params, save_two_stage_pap_params
 from .ppo import sigma_for_round
 from .sampler import PPOSampler, closed_rounds
 from .study import open_study
@@ -41,14 +41,22 @@ def write_results(config: SearchConfig) -> SearchResult:
     if not complete:
         raise RuntimeError("the search has no finished trial yet")
     theta, source = _final_theta(study, config)
-    params = config.space.to_params(theta, {"source": f"detlosses search ({config.sampler}, {source})",
-                                            "rounds": config.rounds, "samples_per_round": config.samples_per_round,
-                                            "budget": config.budget, "data": config.base.data})
-    best_params = save_pap_params(params, out / "best_params.json")
+    metadata = {"source": f"detlosses search ({config.sampler}, {source})", "rounds": config.rounds,
+                "samples_per_round": config.samples_per_round, "budget": config.budget, "data": config.base.data}
     best = max(complete, key=lambda t: t.value)
-    save_pap_params(config.space.to_params(config.space.vector(best.params),
-                                           {"source": f"best sample, trial #{best.number}", "reward": best.value}),
-                    out / "best_sample_params.json")
+    best_metadata = {"source": f"best sample, trial #{best.number}", "reward": best.value}
+    space = config.space
+    if space.stages:  # Faster R-CNN: one set per stage, in a two-stage params file
+        stage_params = space.to_stage_params(theta, metadata)
+        params = stage_params[space.stages[-1]]  # the R-CNN head's set: plotted and quoted in search.md
+        best_params = save_two_stage_pap_params(stage_params, out / "best_params.json")
+        save_two_stage_pap_params(space.to_stage_params(space.vector(best.params), best_metadata),
+                                  out / "best_sample_params.json")
+    else:
+        stage_params = None
+        params = space.to_params(theta, metadata)
+        best_params = save_pap_params(params, out / "best_params.json")
+        save_pap_params(space.to_params(space.vector(best.params), best_metadata), out / "best_sample_params.json")
     rounds = []
     if config.sampler == "ppo":
         groups = closed_rounds(trials, config.settings)
@@ -72,20 +80,25 @@ def write_results(config: SearchConfig) -> SearchResult:
     else:
         plots = {"rewards": plot_rewards(rounds, out / "plots" / "reward_per_round.png"),
                  "functions": plot_learned_functions(params, out / "plots" / "learned_functions.png")}
-    _write_markdown(out / "search.md", config, summary, params, plots)
+    _write_markdown(out / "search.md", config, summary, params, plots, stage_params)
     from .runner import SearchResult
 
     return SearchResult(out, best_params, summary)
 
 
-def _write_markdown(path: Path, config: SearchConfig, summary: dict, params: PAPParams, plots: dict) -> None:
+def _write_markdown(path: Path, config: SearchConfig, summary: dict, params: PAPParams, plots: dict,
+                    stage_params: dict[str, PAPParams] | None = None) -> None:
+    if stage_params:
+        weights = ", ".join(f"{stage} reg_weight {p.reg_weight:.3f}" for stage, p in stage_params.items())
+    else:
+        weights = f"reg_weight {params.reg_weight:.3f}"
     lines = [
         "# Parameterized AP Loss search", "",
         f"Sampler `{config.sampler}`, {summary['trials']} finished trials "
         f"({config.rounds} rounds x {config.samples_per_round} samples planned), proxy budget "
         f"{config.budget} iterations on `{config.base.data}` ({config.base.model}, {config.base.backbone}).",
         f"Aborted trials (NaN or loss stuck at 1.0, reward 0): {summary['aborted']}.", "",
-        f"Parameters written to `best_params.json`: {summary['source']}, reg_weight {params.reg_weight:.3f}. "
+        f"Parameters written to `best_params.json`: {summary['source']}, {weights}. "
         f"Best sample: trial #{summary['best_trial']} with AP {100 * summary['best_reward']:.1f}.", "",
         "| round | mean AP | best AP |", "| ---: | ---: | ---: |",
     ]

@@ -74,7 +74,8 @@ class SearchConfig:
 
     @property
     def space(self) -> SearchSpace:
-        return SearchSpace(self.functions, self.search_reg_weight)
+        stages = ("rpn", "rcnn") if self.base.model == "faster_rcnn" else ()
+        return SearchSpace(self.functions, self.search_reg_weight, stages)
 
     @property
     def total_trials(self) -> int:
@@ -95,13 +96,18 @@ def _objective(config: SearchConfig, split_file: Path):
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
         theta = [trial.suggest_float(name, 0.0, 1.0) for name in config.space.names]
-        params = config.space.to_params(theta)
+        space = config.space
+        params = space.to_stage_params(theta) if space.stages else space.to_params(theta)
         run_dir = Path(config.out) / "trials" / f"trial-{trial.number:04d}"
         proxy = proxy_config(config.base, params, split_file, config.budget, run_dir, config.seed)
         result = run_proxy(proxy)
         for key in ("AP", "AP50", "diverged", "seconds_per_iteration"):
             trial.set_user_attr(key, result[key])
-        trial.set_user_attr("reg_weight", params.reg_weight)
+        if isinstance(params, dict):
+            for stage, stage_params in params.items():
+                trial.set_user_attr(f"{stage}_reg_weight", stage_params.reg_weight)
+        else:
+            trial.set_user_attr("reg_weight", params.reg_weight)
         return result["reward"]
 
     return objective

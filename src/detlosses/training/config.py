@@ -72,7 +72,7 @@ class TrainConfig:
     box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     assigner: str = "iou"
     atss_top_k: int = 9
-    loss: str = "focal"
+    loss: str | None = None  # None: the model's default (focal; ce for faster_rcnn and ssd)
     loss_options: dict[str, Any] = field(default_factory=dict)
     pap_params: str | None = None
     epochs: int = 12
@@ -107,7 +107,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check (and normalise) every value; raises ``ValueError`` naming the key, value and what it must be."""
-        from ..models import BACKBONES, LOSS_NAMES, MODELS  # here, so reading a config stays light
+        from ..models import BACKBONES, MODELS  # here, so reading a config stays light
+        from ..models.model_losses import check_model_loss, default_loss
 
         hints = _field_types()
         for item in dataclasses.fields(self):
@@ -116,8 +117,9 @@ class TrainConfig:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if self.loss is None:
+            self.loss = default_loss(self.model)
+        check_model_loss(self.model, self.loss)
         if str(self.precision) not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.precision = str(self.precision)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..data import label_to_category_id, rescale_boxes
 from ..evaluation import evaluate_detections, to_coco_detections
-from ..models import build_criterion, build_detector
+from ..models import build_detector, build_model_criterion
 from .callbacks import append_gradient_norms
 from .config import TrainConfig
 
@@ -56,7 +56,7 @@ class DetectionModule(pl.LightningModule):
         self.save_hyperparameters()
         self.config = TrainConfig.from_dict(config)
         self.classes = list(classes)
-        self.criterion = build_criterion(self.config.loss, **self.config.criterion_options())
+        self.criterion = build_model_criterion(self.config.model, self.config.loss, **self.config.criterion_options())
         self.detector = build_detector(
             self.config.detector_config(num_classes=len(self.classes)),
             self.criterion,
