@@ -32,7 +32,7 @@ from .criteria import DetectionCriterion
 
 __all__ = ["DetectorConfig", "build_detector", "MODELS", "BACKBONES"]
 
-MODELS = ("retinanet", "fcos")
+MODELS = ("retinanet", "fcos", "deformable_detr")  # deformable_detr: models/deformable_detr.py (transformers)
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
 _WEIGHTS = {
     "resnet50": ResNet50_Weights.IMAGENET1K_V1,
@@ -75,6 +75,7 @@ class DetectorConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    model_options: dict | None = None  # deformable_detr only: DeformableDetrOptions
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -89,6 +90,8 @@ class DetectorConfig:
             raise ValueError(f"fpn_channels must be >= 8, got {self.fpn_channels}")
         if self.head_norm not in ("group", "none"):
             raise ValueError(f"head_norm must be 'group' or 'none', got {self.head_norm!r}")
+        if self.model_options and self.model != "deformable_detr":
+            raise ValueError(f"model_options apply to deformable_detr only, not to {self.model}")
 
 
 def _backbone(config: DetectorConfig) -> nn.Module:
@@ -180,6 +183,10 @@ class FCOSCriterionHead(_CriterionMixin, FCOSHead):
 
 def build_detector(config: DetectorConfig, criterion: DetectionCriterion) -> nn.Module:
     """torchvision RetinaNet/FCOS whose training loss is ``criterion`` (state in the model's state_dict)."""
+    if config.model == "deformable_detr":  # transformers' Deformable DETR with a set criterion
+        from .deformable_detr import build_deformable_detr
+
+        return build_deformable_detr(config, criterion)
     backbone = _backbone(config)
     strides = _strides(backbone, config.image_size)
     common = dict(

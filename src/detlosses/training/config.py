@@ -67,7 +67,8 @@ class TrainConfig:
     anchor_scale: float = 4.0
     fpn_channels: int = 256
     head_norm: str = "group"
-    loss: str = "focal"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    loss: str | None = None  # None: the model's default (focal; set for deformable_detr)
     loss_options: dict[str, Any] = field(default_factory=dict)
     pap_params: str | None = None
     epochs: int = 12
@@ -76,6 +77,7 @@ class TrainConfig:
     image_size: int = 128
     ssd_crop: bool = False
     lr: float = 0.01
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 100
@@ -102,7 +104,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check (and normalise) every value; raises ``ValueError`` naming the key, value and what it must be."""
-        from ..models import BACKBONES, LOSS_NAMES, MODELS  # here, so reading a config stays light
+        from ..models import BACKBONES, MODELS  # here, so reading a config stays light
 
         hints = _field_types()
         for item in dataclasses.fields(self):
@@ -111,8 +113,22 @@ class TrainConfig:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        from ..models.set_criteria import default_loss_for, loss_names_for
+
+        if self.loss is None:
+            self.loss = default_loss_for(self.model)
+        if self.loss not in loss_names_for(self.model):
+            raise ValueError(f"loss must be one of {loss_names_for(self.model)} for model {self.model}, "
+                             f"got {self.loss!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.model == "deformable_detr":
+            from ..models.deformable_detr import DeformableDetrOptions
+
+            DeformableDetrOptions.from_mapping(self.model_options)
+        elif self.model_options:
+            raise ValueError(f"model_options apply to deformable_detr only, got {self.model_options!r} "
+                             f"for model {self.model}")
         if str(self.precision) not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.precision = str(self.precision)

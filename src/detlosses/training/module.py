@@ -23,7 +23,8 @@ from torch import Tensor
 
 from ..data import label_to_category_id, rescale_boxes
 from ..evaluation import evaluate_detections, to_coco_detections
-from ..models import DetectorConfig, build_criterion, build_detector
+from ..models import DetectorConfig, build_detector
+from ..models.set_criteria import build_model_criterion
 from .callbacks import append_gradient_norms
 from .config import TrainConfig
 
@@ -56,14 +57,14 @@ class DetectionModule(pl.LightningModule):
         self.save_hyperparameters()
         self.config = TrainConfig.from_dict(config)
         self.classes = list(classes)
-        self.criterion = build_criterion(self.config.loss, **self.config.criterion_options())
+        self.criterion = build_model_criterion(self.config.model, self.config.loss, **self.config.criterion_options())
         self.detector = build_detector(
             DetectorConfig(
                 model=self.config.model, backbone=self.config.backbone, num_classes=len(self.classes),
                 image_size=self.config.image_size, pretrained_backbone=self.config.pretrained_backbone,
                 trainable_layers=self.config.trainable_layers, anchor_scale=self.config.anchor_scale,
                 fpn_channels=self.config.fpn_channels, head_norm=self.config.head_norm,
-                score_thresh=self.config.score_thresh,
+                score_thresh=self.config.score_thresh, model_options=self.config.model_options or None,
             ),
             self.criterion,
         )
@@ -163,7 +164,10 @@ class DetectionModule(pl.LightningModule):
     def configure_optimizers(self):
         cfg = self.config
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":  # DETR's optimiser (Deformable DETR: lr 2e-4, weight decay 1e-4)
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
             steps_per_epoch = math.ceil(self.trainer.estimated_stepping_batches / self.trainer.max_epochs)
         else:  # a step budget: epochs as the data loader counts them
