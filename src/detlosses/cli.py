@@ -72,7 +72,10 @@ AllowTrainAsValOpt = Annotated[
     typer.Option("--allow-train-as-val",
                  help="Measure on validation images that are also training images, on purpose."),
 ]
-ModelOpt = Annotated[str | None, typer.Option(help="Detector: retinanet | fcos." + _default("model"))]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(help="Detector: retinanet | fcos | deformable_detr (needs detlosses[detr])." + _default("model")),
+]
 BackboneOpt = Annotated[
     str | None, typer.Option(help="Backbone with FPN: mobilenet_v2 | resnet18 | resnet50." + _default("backbone")),
 ]
@@ -170,7 +173,8 @@ def train(
     model: ModelOpt = None,
     backbone: BackboneOpt = None,
     loss: Annotated[
-        str | None, typer.Option(help="focal | ap | alrp | rank_sort | pap | ghm | iou_balanced." + _default("loss")),
+        str | None, typer.Option(help="focal | ap | alrp | rank_sort | pap | ghm | iou_balanced; deformable_detr: "
+                                      "set | pap | ap | alrp | rank_sort (default: focal; set for deformable_detr)."),
     ] = None,
     pap_params: Annotated[Path | None, typer.Option(help="Params file for --loss pap (from detlosses search).")] = None,
     pretrained_backbone: PretrainedOpt = None,
@@ -281,12 +285,14 @@ def compare(
     same data and settings.
     """
     from .models import LOSS_NAMES
+    from .models.set_criteria import SET_LOSS_NAMES
     from .training import compare as compare_runs
 
     loss_list = _csv_list(losses)
-    unknown = [name for name in loss_list if name not in LOSS_NAMES]
+    unknown = [name for name in loss_list if name not in LOSS_NAMES + SET_LOSS_NAMES]
     if unknown:
-        _fail(f"unknown losses {unknown}; choose from {', '.join(LOSS_NAMES)}")
+        _fail(f"unknown losses {unknown}; choose from {', '.join(LOSS_NAMES)} (deformable_detr: "
+              f"{', '.join(SET_LOSS_NAMES)})")
     seed_list = _csv_list(seeds, int)
 
     def job():

@@ -132,17 +132,19 @@ class _TorchvisionFeatures(nn.Module):
         self.channels = list(channels)
 
     def forward(self, pixel_values: Tensor) -> list[Tensor]:
-        return list(self.body(pixel_values).values())
+        return list(self.body(pixel_values).values())[-len(self.channels):]
 
 
-def _torchvision_features(backbone: str, pretrained: bool, trainable_layers: int | None) -> _TorchvisionFeatures:
+def _torchvision_features(backbone: str, pretrained: bool, trainable_layers: int | None,
+                          levels: int) -> _TorchvisionFeatures:
+    """The last ``min(levels, 3)`` of the strides 8, 16, 32 (fewer levels: the coarsest, as published)."""
     from .detectors import DetectorConfig, _backbone
 
     # the RetinaNet/FCOS extractor of the same backbone; its FPN is dropped (Deformable DETR has none)
     dense = _backbone(DetectorConfig(model="retinanet", backbone=backbone, pretrained_backbone=pretrained,
                                      trainable_layers=trainable_layers))
     channels = [block[0].in_channels for block in dense.fpn.inner_blocks]
-    return _TorchvisionFeatures(dense.body, channels)
+    return _TorchvisionFeatures(dense.body, channels[-min(levels, len(channels)):])
 
 
 def _hf_config(options: DeformableDetrOptions, num_classes: int):
@@ -169,9 +171,9 @@ def _replace_backbone(model: nn.Module, features: _TorchvisionFeatures, d_model:
     encoder = model.model.backbone
     encoder.model = features
     encoder.intermediate_channel_sizes = features.channels
-    channels = features.channels if levels > 1 else features.channels[-1:]
+    channels = features.channels
     projections = []
-    for width in channels[:levels]:
+    for width in channels:
         projections.append(nn.Sequential(nn.Conv2d(width, d_model, kernel_size=1), nn.GroupNorm(32, d_model)))
     in_channels = channels[-1]
     for _ in range(levels - len(projections)):
@@ -220,7 +222,7 @@ class DeformableDetrDetector(nn.Module):
         self.criterion = criterion
         self.score_thresh = float(score_thresh)
         self.detections_per_img = int(detections_per_img)
-        features = _torchvision_features(backbone, pretrained_backbone, trainable_layers)
+        features = _torchvision_features(backbone, pretrained_backbone, trainable_layers, options.num_feature_levels)
         config = _hf_config(options, num_classes)
         self.detr = DeformableDetrForObjectDetection(config)
         _replace_backbone(self.detr, features, options.d_model, options.num_feature_levels)
