@@ -150,3 +150,21 @@ def test_cli_bad_options_are_one_error_line(args, message, tmp_path, capsys):
     assert main(["train", "--data", "synthetic", "--out", str(tmp_path / "run"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_search_proxy_config_builds_the_set_pap_criterion(tmp_path):
+    """``detlosses search --model deformable_detr``: the proxy run's config is valid and its loss options
+    (sampled control points, reg_weight) reach the set PAP criterion."""
+    from detlosses.losses.pap_params import IDENTITY_THETA, PAPParams, control_points_from_theta
+    from detlosses.models.set_criteria import SetPAPCriterion, build_model_criterion
+    from detlosses.search.proxy import proxy_config
+    from detlosses.training import TrainConfig
+
+    split = tmp_path / "split.json"
+    split.write_text("{}")
+    params = PAPParams("searched", control_points_from_theta([IDENTITY_THETA] * 5), 2.5)
+    base = TrainConfig(model="deformable_detr", model_options={"num_queries": 10})
+    config = proxy_config(base, params, split, budget=5, out=tmp_path / "proxy", seed=0)
+    assert (config.model, config.loss) == ("deformable_detr", "pap")
+    criterion = build_model_criterion(config.model, config.loss, **config.criterion_options())
+    assert isinstance(criterion, SetPAPCriterion) and criterion.dense.pap.reg_weight == 2.5
