@@ -73,7 +73,9 @@ AllowTrainAsValOpt = Annotated[
                  help="Measure on validation images that are also training images, on purpose."),
 ]
 ModelOpt = Annotated[
-    str | None, typer.Option(help="Detector: retinanet | fcos | faster_rcnn | ssd." + _default("model")),
+    str | None,
+    typer.Option(help="Detector: retinanet | fcos | faster_rcnn | ssd | deformable_detr (needs detlosses[detr])."
+                      + _default("model")),
 ]
 BackboneOpt = Annotated[
     str | None, typer.Option(help="Backbone with FPN: mobilenet_v2 | resnet18 | resnet50." + _default("backbone")),
@@ -174,7 +176,8 @@ def train(
     loss: Annotated[
         str | None,
         typer.Option(help="retinanet, fcos: focal (default) | ap | alrp | rank_sort | pap | ghm | iou_balanced; "
-                          "faster_rcnn (both stages), ssd: ce (default: torchvision's own loss) | the same seven."),
+                          "faster_rcnn (both stages), ssd: ce (default: torchvision's own loss) | the same seven; "
+                          "deformable_detr: set (default: its own set loss) | pap | ap | alrp | rank_sort."),
     ] = None,
     pap_params: Annotated[Path | None, typer.Option(help="Params file for --loss pap (from detlosses search).")] = None,
     recipe: Annotated[Path | None, typer.Option(

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from detlosses.cli import _print_metrics, app
 
-HEAVY = ("torch", "torchvision", "lightning", "matplotlib", "faster_coco_eval", "optuna")
+HEAVY = ("transformers", "torch", "torchvision", "lightning", "matplotlib", "faster_coco_eval", "optuna")
 
 
 def _invoke(*args: str):

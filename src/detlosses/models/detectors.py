@@ -34,7 +34,7 @@ from .criteria import DetectionCriterion
 
 __all__ = ["DetectorConfig", "build_detector", "MODELS", "BACKBONES", "ASSIGNERS"]
 
-MODELS = ("retinanet", "fcos", "faster_rcnn", "ssd")
+MODELS = ("retinanet", "fcos", "faster_rcnn", "ssd", "deformable_detr")  # deformable_detr needs transformers
 ASSIGNERS = ("iou", "atss")
 BACKBONES = ("resnet50", "resnet18", "mobilenet_v2")
 _WEIGHTS = {
@@ -93,6 +93,7 @@ class DetectorConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    model_options: dict | None = None  # deformable_detr only: DeformableDetrOptions
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -122,6 +123,8 @@ class DetectorConfig:
                              f"only; model {self.model!r} has its own assignment and box coder")
         if self.atss_top_k < 1:
             raise ValueError(f"atss_top_k must be >= 1, got {self.atss_top_k}")
+        if self.model_options and self.model != "deformable_detr":
+            raise ValueError(f"model_options apply to deformable_detr only, not to {self.model}")
 
 
 def _backbone(config: DetectorConfig) -> nn.Module:
@@ -246,6 +249,10 @@ def build_detector(config: DetectorConfig, criterion: DetectionCriterion) -> nn.
         from .ssd import build_ssd
 
         return build_ssd(config, criterion)
+    if config.model == "deformable_detr":  # transformers' Deformable DETR with a set criterion
+        from .deformable_detr import build_deformable_detr
+
+        return build_deformable_detr(config, criterion)
     backbone = _backbone(config)
     strides = _strides(backbone, config.image_size)
     common = dict(

@@ -11,6 +11,9 @@ model               losses
 ``ssd``             ce (default: torchvision's SSD loss, softmax CE with 3:1 hard-negative mining +
                     smooth-L1), and with a sigmoid head: ap (AP-Loss paper: every anchor x class,
                     prior 0.01, smooth-L1 boxes), focal, alrp, rank_sort, pap, ghm, iou_balanced
+``deformable_detr`` set (default: the model's own Hungarian set loss with auxiliary losses), and on the
+                    matched queries of every decoder layer: pap, ap, alrp, rank_sort (see
+                    :mod:`detlosses.models.set_criteria`)
 ==================  ================================================================================
 
 Models this table does not list take the one-stage losses (:data:`~detlosses.models.criteria.LOSS_NAMES`).
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from .criteria import LOSS_NAMES, DetectionCriterion, build_criterion
+from .set_criteria import SET_LOSS_NAMES, SET_MODELS, build_set_criterion
 
 __all__ = ["CE", "MODEL_LOSSES", "ALL_LOSS_NAMES", "default_loss", "supported_losses", "build_model_criterion",
            "check_model_loss", "TorchvisionLoss"]
@@ -31,9 +35,10 @@ MODEL_LOSSES: dict[str, tuple[str, ...]] = {
     "fcos": LOSS_NAMES,
     "faster_rcnn": (CE, *LOSS_NAMES),
     "ssd": (CE, *LOSS_NAMES),
+    **{model: SET_LOSS_NAMES for model in SET_MODELS},
 }
-ALL_LOSS_NAMES: tuple[str, ...] = (*LOSS_NAMES, CE)
-_DEFAULT_LOSS = {"faster_rcnn": CE, "ssd": CE}
+ALL_LOSS_NAMES: tuple[str, ...] = (*LOSS_NAMES, CE, *(n for n in SET_LOSS_NAMES if n not in LOSS_NAMES))
+_DEFAULT_LOSS = {"faster_rcnn": CE, "ssd": CE, **{model: "set" for model in SET_MODELS}}
 
 
 def supported_losses(model: str) -> tuple[str, ...]:
@@ -75,6 +80,8 @@ def build_model_criterion(model: str, loss: str, **options: Any) -> DetectionCri
             raise ValueError(f"loss 'ce' (torchvision's own loss of {model}) takes no loss_options, got "
                              f"{sorted(options)}")
         return TorchvisionLoss()
+    if model in SET_MODELS:
+        return build_set_criterion(loss, **options)
     if model == "faster_rcnn":
         from .faster_rcnn import TwoStageCriterion
 

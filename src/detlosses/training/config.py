@@ -72,7 +72,8 @@ class TrainConfig:
     box_coder_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     assigner: str = "iou"
     atss_top_k: int = 9
-    loss: str | None = None  # None: the model's default (focal; ce for faster_rcnn and ssd)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    loss: str | None = None  # None: the model's default (focal; ce for faster_rcnn and ssd; set for deformable_detr)
     loss_options: dict[str, Any] = field(default_factory=dict)
     pap_params: str | None = None
     epochs: int = 12
@@ -81,6 +82,7 @@ class TrainConfig:
     image_size: int = 128
     ssd_crop: bool = False
     lr: float = 0.01
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 100
@@ -120,6 +122,15 @@ class TrainConfig:
         if self.loss is None:
             self.loss = default_loss(self.model)
         check_model_loss(self.model, self.loss)
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.model == "deformable_detr":
+            from ..models.deformable_detr import DeformableDetrOptions
+
+            DeformableDetrOptions.from_mapping(self.model_options)
+        elif self.model_options:
+            raise ValueError(f"model_options apply to deformable_detr only, got {self.model_options!r} "
+                             f"for model {self.model}")
         if str(self.precision) not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.precision = str(self.precision)
@@ -155,7 +166,7 @@ class TrainConfig:
             anchor_scale=self.anchor_scale, fpn_channels=self.fpn_channels, head_norm=self.head_norm,
             anchors_per_octave=self.anchors_per_octave, anchor_ratios=tuple(self.anchor_ratios),
             box_coder_weights=tuple(self.box_coder_weights), assigner=self.assigner, atss_top_k=self.atss_top_k,
-            score_thresh=self.score_thresh,
+            score_thresh=self.score_thresh, model_options=self.model_options or None,
         )
 
     @property

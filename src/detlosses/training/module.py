@@ -157,7 +157,10 @@ class DetectionModule(pl.LightningModule):
     def configure_optimizers(self):
         cfg = self.config
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":  # DETR's optimiser (Deformable DETR: lr 2e-4, weight decay 1e-4)
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
             steps_per_epoch = math.ceil(self.trainer.estimated_stepping_batches / self.trainer.max_epochs)
         else:  # a step budget: epochs as the data loader counts them
