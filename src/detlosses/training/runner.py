@@ -157,11 +157,14 @@ def _merge_csv_log(path: Path, earlier: list[dict[str, str]], last_epoch: int, g
 
 
 def _write_outputs(run_dir: Path, metrics: dict[str, Any], details, title: str) -> Path | None:
-    write_metrics_json(metrics, run_dir / "metrics.json")
     try:
-        from ..reporting import write_run_report
+        from ..reporting import score_iou_spearman, write_run_report
     except ImportError:  # reporting needs matplotlib (the [train] extra)
+        write_metrics_json(metrics, run_dir / "metrics.json")
         return None
+    if details is not None:  # Spearman's rho between score and IoU of the true positives (NaN when undefined)
+        metrics["score_iou_spearman"] = score_iou_spearman(details)
+    write_metrics_json(metrics, run_dir / "metrics.json")
     return write_run_report(run_dir, metrics, details, title=title)
 
 
