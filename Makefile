@@ -22,7 +22,7 @@ WEIGHTS ?= ../shared/weights
 PRETRAINED = $(if $(wildcard $(WEIGHTS)/*.pth),--pretrained-backbone --weights-dir $(WEIGHTS),--no-pretrained-backbone)
 
 demo: $(STAMP)
-	$(VENV)/bin/detlosses compare --config configs/demo.yaml --losses focal,ap,alrp --seeds 0 \
+	$(VENV)/bin/detlosses compare --config configs/demo.yaml --losses focal,ap,rank_sort --seeds 0 \
 		--out runs/demo $(PRETRAINED)
 
 bench: $(STAMP)
