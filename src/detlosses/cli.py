@@ -74,7 +74,7 @@ AllowTrainAsValOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option(help="Detector: retinanet | fcos | faster_rcnn | ssd | deformable_detr (needs detlosses[detr])."
+    typer.Option(help="Detector: retinanet | fcos | faster_rcnn | ssd | deformable_detr (needs detlosses\\[detr])."
                       + _default("model")),
 ]
 BackboneOpt = Annotated[
