@@ -112,9 +112,9 @@ def test_bad_model_options_are_clear_errors():
         TrainConfig(model="deformable_detr", model_options={"d_model": 48})
     with pytest.raises(ValueError, match="model_options apply to deformable_detr only"):
         TrainConfig(model="retinanet", model_options={"num_queries": 5})
-    with pytest.raises(ValueError, match="loss must be one of .* for model deformable_detr, got 'focal'"):
+    with pytest.raises(ValueError, match="loss 'focal' does not apply to model 'deformable_detr'.*takes set, pap"):
         TrainConfig(model="deformable_detr", loss="focal")
-    with pytest.raises(ValueError, match="for model retinanet, got 'set'"):
+    with pytest.raises(ValueError, match=r"loss 'set' does not apply to model 'retinanet' \(it is for deformable_detr"):
         TrainConfig(model="retinanet", loss="set")
     with pytest.raises(ValueError, match="optimizer must be"):
         TrainConfig(optimizer="adam")
@@ -140,8 +140,8 @@ def test_missing_transformers_says_how_to_install(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "deformable_detr", "--loss", "focal"], "for model deformable_detr, got 'focal'"),
-    (["--model", "retinanet", "--loss", "set"], "for model retinanet, got 'set'"),
+    (["--model", "deformable_detr", "--loss", "focal"], "loss 'focal' does not apply to model 'deformable_detr'"),
+    (["--model", "retinanet", "--loss", "set"], "loss 'set' does not apply to model 'retinanet'"),
     (["--model", "deformable_detr", "--set", "model_options={num_queries: 0}"], "num_queries must be an integer"),
 ])
 def test_cli_bad_options_are_one_error_line(args, message, tmp_path, capsys):

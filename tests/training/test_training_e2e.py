@@ -135,7 +135,7 @@ def test_cli_errors_are_clear(tmp_path):
 
     runner = CliRunner()
     out = runner.invoke(app, ["train", "--loss", "nope", "--out", str(tmp_path / "x")])
-    assert out.exit_code == 2 and "loss must be one of" in out.stderr
+    assert out.exit_code == 2 and "unknown loss 'nope'; choose one of" in out.stderr
     out = runner.invoke(app, ["compare", "--losses", "focal,bogus"])
     assert out.exit_code == 2 and "unknown losses ['bogus']" in out.stderr
     out = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "missing.ckpt")])
