@@ -26,11 +26,19 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-__all__ = ["DenseAssignment", "BACKGROUND", "IGNORED", "aligned_iou", "generalized_iou_loss"]
+__all__ = ["DenseAssignment", "BACKGROUND", "IGNORED", "aligned_iou", "generalized_iou_loss", "shift_labels"]
 
 BACKGROUND = -1
 IGNORED = -2
 HEADS = ("retinanet", "fcos")
+
+
+def shift_labels(records: list[dict[str, Tensor]] | None, by: int) -> list[dict[str, Tensor]] | None:
+    """Targets or detections with ``labels + by`` (e.g. ``+1`` into a softmax head whose class 0 is the
+    background, ``-1`` back out of it); ``None`` stays ``None``."""
+    if records is None:
+        return None
+    return [{**r, "labels": r["labels"] + by} for r in records]
 
 
 def aligned_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..losses.pap_params import load_two_stage_pap_params
-from .assignment import BACKGROUND, IGNORED, DenseAssignment
+from .assignment import BACKGROUND, IGNORED, DenseAssignment, shift_labels
 from .criteria import DetectionCriterion, build_criterion
 
 __all__ = ["TwoStageCriterion", "build_faster_rcnn", "STAGES", "RPN_WEIGHTS"]
@@ -236,8 +236,8 @@ class DetlossesFasterRCNN(FasterRCNN):
     background_class: bool = True  # torchvision's softmax head: class 0 is the background
 
     def forward(self, images, targets=None):
-        if self.background_class and targets is not None:
-            targets = [{**t, "labels": t["labels"] + 1} for t in targets]
+        if self.background_class:
+            targets = shift_labels(targets, 1)
         out = super().forward(images, targets)
         if self.training:
             losses = dict(out)
@@ -250,7 +250,7 @@ class DetlossesFasterRCNN(FasterRCNN):
                 total = sum(losses.values())
             return {"loss": total, **losses}
         if self.background_class:
-            out = [{**o, "labels": o["labels"] - 1} for o in out]
+            out = shift_labels(out, -1)
         return out
 
 

@@ -33,7 +33,7 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
 from torchvision.ops import boxes as box_ops
 
-from .assignment import DenseAssignment
+from .assignment import DenseAssignment, shift_labels
 from .criteria import DetectionCriterion
 
 __all__ = ["build_ssd", "check_ssd_config"]
@@ -82,8 +82,8 @@ class DetlossesSSD(SSD):
         self.background_class = criterion.name == "ce"
 
     def forward(self, images, targets=None):
-        if self.background_class and targets is not None:
-            targets = [{**t, "labels": t["labels"] + 1} for t in targets]
+        if self.background_class:
+            targets = shift_labels(targets, 1)
         out = super().forward(images, targets)
         if self.training:
             losses = dict(out)
@@ -91,7 +91,7 @@ class DetlossesSSD(SSD):
                 losses = {"loss": losses["bbox_regression"] + losses["classification"], **losses}
             return losses
         if self.background_class:
-            out = [{**o, "labels": o["labels"] - 1} for o in out]
+            out = shift_labels(out, -1)
         return out
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # noqa: D401 - torchvision API
