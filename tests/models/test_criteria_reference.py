@@ -484,6 +484,9 @@ class Reference:
         w, counts = ghm_weights(g, bins, ema_c, upd_c, self.o.get("momentum", 0.75), bc)
         self.histogram = [h + c for h, c in zip(self.histogram, counts, strict=True)]
         cls = sum(wi * bce(xi, ti) for wi, xi, ti in zip(w, x, t, strict=True)) / len(x)
+        if self.o.get("box_loss", "ghmr") == "delta":  # GHM-C + focal's L1, no GHM-R
+            box = r.box_sum("delta") / max(1, r.npos)
+            return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
         mu = self.o.get("reg_mu", 0.02)
         d = [(r.deltas(k) - r.target_deltas(k))[q] for k in range(r.npos) for q in range(4)]
         g = [abs(float(di.detach())) / math.sqrt(float(di.detach()) ** 2 + mu * mu) for di in d]
@@ -514,7 +517,7 @@ OPTIONS = {
     "rank_sort": [{}, {"delta": 0.3}],
     "pap": [{}, {"reg_weight": 2.0}, {"params": "linear"}],
     "ghm": [{}, {"bins": 7, "momentum": 0.5, "reg_mu": 0.05, "reg_bins": 5, "reg_momentum": 0.0,
-                 "reg_loss_weight": 3.0, "bias_correction": True}],
+                 "reg_loss_weight": 3.0, "bias_correction": True}, {"box_loss": "delta"}],
     "iou_balanced": [{}, {"eta": 2.0, "lam": 0.7, "beta": 0.3, "alpha": 0.4, "gamma": 1.5}],
 }
 CASES = [pytest.param(name, options, id=f"{name}-{i}") for name, sets in OPTIONS.items()

@@ -127,5 +127,7 @@ def test_unknown_loss_and_bad_options():
         build_criterion("alrp", colour="red")
     with pytest.raises(ValueError, match="box_loss must be"):
         build_criterion("focal", box_loss="l2")
+    with pytest.raises(ValueError, match="box_loss must be 'ghmr'"):
+        build_criterion("ghm", box_loss="smooth_l1")
     with pytest.raises(ValueError, match="unknown backbone"):
         DetectorConfig(backbone="vgg16")

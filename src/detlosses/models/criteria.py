@@ -248,6 +248,10 @@ class PAPCriterion(DetectionCriterion):
 class GHMCriterion(DetectionCriterion):
     """GHM-C over all valid (anchor, class) elements + GHM-R on the positives' deltas.
 
+    ``box_loss="ghmr"`` (default) is the paper's GHM-C + GHM-R; ``box_loss="delta"`` keeps GHM-C and
+    regresses the deltas with focal's L1 (sum over the positives' deltas / number of positives), the
+    controlled variant that separates GHM-C's effect from GHM-R's.
+
     Also accumulates the epoch's histogram of GHM-C gradient norms (for the run report).
     """
 
@@ -263,8 +267,13 @@ class GHMCriterion(DetectionCriterion):
         reg_momentum: float = 0.7,
         reg_loss_weight: float = 10.0,
         bias_correction: bool = True,
+        box_loss: str = "ghmr",
     ) -> None:
         super().__init__()
+        if box_loss not in ("ghmr", "delta"):
+            raise ValueError(f"box_loss must be 'ghmr' (GHM-R, the paper's) or 'delta' (L1 on deltas), "
+                             f"got {box_loss!r}")
+        self.box_loss = box_loss
         self.ghmc = GHMC(bins=bins, momentum=momentum, bias_correction=bias_correction, distributed=True)
         self.ghmr = GHMR(mu=reg_mu, bins=reg_bins, momentum=reg_momentum, loss_weight=reg_loss_weight,
                          bias_correction=bias_correction, distributed=True)
@@ -277,7 +286,11 @@ class GHMCriterion(DetectionCriterion):
         valid = (targets >= 0).to(logits.dtype)
         cls = self.ghmc(logits, targets.clamp(min=0), valid)
         deltas = batch.positive_deltas
-        box = self.ghmr(deltas, batch.positive_target_deltas().to(deltas.dtype), torch.ones_like(deltas))
+        target_deltas = batch.positive_target_deltas().to(deltas.dtype)
+        if self.box_loss == "delta":
+            box = _positive_mean(F.l1_loss(deltas, target_deltas, reduction="sum"), batch)
+        else:
+            box = self.ghmr(deltas, target_deltas, torch.ones_like(deltas))
         if self.training:
             with torch.no_grad():  # counts of the valid elements per bin, on the device (no bincount/mask sync)
                 g = (torch.sigmoid(logits.detach().float()) - targets.clamp(min=0)).abs()
