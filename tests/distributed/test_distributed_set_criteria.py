@@ -69,3 +69,58 @@ def test_set_criterion_two_ranks_equal_one_process_on_the_union(name, two_ranks)
         assert rank_values == pytest.approx(values, rel=1e-9, abs=1e-12), (name, rank)
         torch.testing.assert_close(rank_logits_grad / WORLD, logits_grad[:, rank:rank + 1], rtol=1e-7, atol=1e-13)
         torch.testing.assert_close(rank_boxes_grad / WORLD, boxes_grad[:, rank:rank + 1], rtol=1e-7, atol=1e-13)
+
+
+# --------------------------------------------------------------------------- the whole model, "set" and "pap"
+MODEL_LOSSES = ("set", "pap")
+
+
+def model_gradients(images: list[int]) -> dict:
+    """Parameter gradients of the tiny Deformable DETR on ``images`` of the test batch, per loss."""
+    from tests.models.test_deformable_detr import batch, tiny_detector
+
+    all_images, all_targets = batch()
+    out = {}
+    for name in MODEL_LOSSES:
+        detector = tiny_detector(name)
+        detector.train()
+        for module in detector.modules():  # batch statistics couple a batch's images (DDP keeps them per rank)
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        losses = detector([all_images[b] for b in images], [all_targets[b] for b in images])
+        losses["loss"].backward()
+        out[name] = {key: p.grad.clone() for key, p in detector.named_parameters() if p.grad is not None}
+    return out
+
+
+def _model_worker(rank: int, init_file: str, result_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    torch.save(model_gradients([rank]), os.path.join(result_dir, f"model{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_model_ranks(tmp_path_factory):
+    pytest.importorskip("transformers", reason="the deformable_detr model needs the detr extra (transformers)")
+    tmp = tmp_path_factory.mktemp("dist-detr")
+    mp.start_processes(_model_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn",
+                       join=True)
+    return [torch.load(tmp / f"model{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name", MODEL_LOSSES)
+def test_model_ddp_average_equals_one_process_on_the_union(name, two_model_ranks):
+    """DDP averages the ranks' parameter gradients: that average must be one process's gradient on both
+    images. For ``set`` this needs Deformable DETR's all-reduced box count (image 0 has 2 boxes, image 1
+    has 1: per-rank normalisers would weight image 1's boxes twice as much)."""
+    single = model_gradients([0, 1])[name]
+    ranks = [result[name] for result in two_model_ranks]
+    assert set(ranks[0]) == set(ranks[1]) == set(single)
+    # float32 through a deep backbone: relative to each tensor's norm, with a floor for the parameters whose
+    # gradient is zero analytically (biases before GroupNorm, attention key biases) and float noise here
+    floor = 1e-6 * max(float(grad.norm()) for grad in single.values())
+    for key, grad in single.items():
+        average = (ranks[0][key] + ranks[1][key]) / WORLD
+        error = float((average - grad).norm())
+        assert error <= 1e-4 * float(grad.norm()) + floor, (name, key, error, float(grad.norm()))

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..distributed import resolve_context
 from .set_criteria import SetCriterion, SetPredictions
 
 __all__ = ["DeformableDetrOptions", "DeformableDetrDetector", "build_deformable_detr", "require_transformers"]
@@ -206,6 +207,32 @@ def _capture_outputs(logits, labels, device, pred_boxes, config, outputs_class=N
     return None, {"outputs_class": outputs_class, "outputs_coord": outputs_coord}, None
 
 
+def _data_parallel_box_scale(labels: list[dict[str, Tensor]], device: torch.device) -> Tensor | None:
+    """The factor that makes the library's set loss normalise as Deformable DETR does under DDP.
+
+    Deformable DETR divides every term by ``num_boxes = max(all-reduced boxes / W, 1)``, so that DDP's
+    average of the ranks' gradients is the gradient of one process on the union. ``transformers`` does
+    this only inside ``accelerate``; under any other launcher (Lightning's DDP) it divides by this
+    rank's ``max(boxes, 1)``, which weights the ranks' images unequally. Returns
+    ``max(local, 1) / max(total / W, 1)`` (no gradient; one all-reduce of a count), or ``None`` in a
+    single process or when ``accelerate`` already normalised.
+    """
+    context = resolve_context(True)
+    if not context.active or _accelerate_normalises():
+        return None
+    local = torch.tensor([float(sum(len(t["class_labels"]) for t in labels))], device=device)
+    total = context.all_reduce_sum(local)
+    return (local.clamp(min=1.0) / (total / context.world_size).clamp(min=1.0)).squeeze(0)
+
+
+def _accelerate_normalises() -> bool:
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        return False
+    return PartialState._shared_state != {}
+
+
 class DeformableDetrDetector(nn.Module):
     """Deformable DETR with torchvision's detector API: ``(images, targets) -> losses`` in training,
     ``images -> [{"boxes", "scores", "labels"}]`` otherwise."""
@@ -276,6 +303,10 @@ class DeformableDetrDetector(nn.Module):
             def model_loss():
                 total, parts, _ = self._model_loss(logits[-1], labels, pixels.device, boxes[-1], config,
                                                    logits, boxes)
+                scale = _data_parallel_box_scale(labels, pixels.device)
+                if scale is not None:
+                    total = total * scale
+                    parts = {key: value * scale for key, value in parts.items()}
                 return total, parts
 
             predictions = SetPredictions(logits=logits, boxes=boxes, targets=labels, matcher=self._match,
