@@ -168,10 +168,11 @@ class RankRecord(pl.Callback):
             with open(sys.argv[2], "w") as handle:
                 json.dump(records, handle)
 
-config = TrainConfig(data="synthetic:images=16,size=64", image_size=64, batch_size=2, epochs=2, loss="alrp",
-                     out=sys.argv[1], devices=2, strategy="ddp", accelerator="cpu", warmup_iters=1,
-                     progress_bar=False, fpn_channels=32)
-train(config, callbacks=[RankRecord()])
+settings = dict(data="synthetic:images=16,size=64", image_size=64, batch_size=2, epochs=2, loss="alrp",
+                out=sys.argv[1], devices=2, strategy="ddp", accelerator="cpu", warmup_iters=1,
+                progress_bar=False, fpn_channels=32)
+settings.update(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
+train(TrainConfig(**settings), callbacks=[RankRecord()])
 """
 
 
@@ -198,6 +199,28 @@ def test_two_process_ddp_training_stays_in_sync(tmp_path):
     ranks = json.loads(record.read_text())
     assert len(ranks) == 2 and ranks[0] == ranks[1], ranks
     assert ranks[0]["state"]["sb_weight"] != 50.0
+
+
+def test_two_process_ddp_deformable_detr_with_pap(tmp_path):
+    """Deformable DETR trained with PAP by Lightning DDP on 2 CPU processes: the union of the ranks'
+    queries is ranked (exactness: tests/distributed/test_distributed_set_criteria.py) and the ranks stay
+    in sync to the last byte of their weights."""
+    pytest.importorskip("transformers", reason="the deformable_detr model needs the detr extra (transformers)")
+    tiny = {"num_queries": 10, "encoder_layers": 1, "decoder_layers": 2, "d_model": 32, "encoder_ffn_dim": 64,
+            "decoder_ffn_dim": 64, "attention_heads": 4, "num_feature_levels": 2, "n_points": 2}
+    settings = {"model": "deformable_detr", "loss": "pap", "backbone": "mobilenet_v2", "epochs": 1,
+                "model_options": tiny, "optimizer": "adamw", "lr": 1e-4}
+    script, record = tmp_path / "ddp_run.py", tmp_path / "ranks.json"
+    script.write_text(_DDP_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "detr"), str(record), json.dumps(settings)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = json.loads(record.read_text())
+    assert len(ranks) == 2 and ranks[0] == ranks[1], ranks
+    metrics = json.loads((tmp_path / "detr" / "metrics.json").read_text())
+    assert metrics["run"]["devices"] == 2 and metrics["run"]["model"] == "deformable_detr"
+    assert metrics["loss"] == "pap" and metrics["diverged"] is False
 
 
 def test_bf16_mixed_precision_run(tmp_path):
