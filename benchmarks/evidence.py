@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from detlosses.reporting.evidence import PAPERS_CLAIMS, evaluate_claim
+from detlosses.reporting.evidence import PAPERS_CLAIMS, VARIANTS, evaluate_claim
 
 METRICS = ("AP", "AP50", "AP75", "oLRP", "score_iou_spearman")
 _RHO = re.compile(r"\*\*ρ = (-?[0-9.]+)\*\*")
@@ -61,6 +61,10 @@ def dataset_section(name: str, runs: list[dict[str, Any]]) -> tuple[list[str], d
         lines.append(f"| {loss} | {len(mine)} | " + " | ".join(cells) + " |")
         record["losses"][loss] = {m: [r["metrics"].get(m) for r in sorted(mine, key=lambda r: r["seed"])]
                                   for m in (*METRICS, "seconds_per_iteration")}
+    present = [label for label in losses if label in VARIANTS]
+    if present:
+        lines += ["", "Controlled variants (one loss, other options): " + "; ".join(
+            f"`{label}` = {VARIANTS[label][0]} with {VARIANTS[label][1]}" for label in present) + "."]
     seeds = sorted({r["seed"] for r in runs})
     header = "| loss | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
     lines += ["", "AP difference against focal per seed (AP points; same seed = same data order and initialisation):",

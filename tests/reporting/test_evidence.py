@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from detlosses.reporting.evidence import PAPERS_CLAIMS, Claim, evaluate_claim, paired_differences, verdict
+from detlosses.reporting.evidence import PAPERS_CLAIMS, VARIANTS, Claim, evaluate_claim, paired_differences, verdict
 
 
 def _runs(table: dict[str, list[float | None]], metric: str = "AP") -> list[dict]:
@@ -42,5 +42,34 @@ def test_a_claim_from_runs():
 def test_every_published_claim_names_losses_of_the_pipeline():
     from detlosses.models import LOSS_NAMES
 
+    def base(label):
+        return VARIANTS[label][0] if label in VARIANTS else label
+
     for claim in PAPERS_CLAIMS:
-        assert claim.loss in LOSS_NAMES and claim.baseline in LOSS_NAMES and claim.published
+        assert base(claim.loss) in LOSS_NAMES and base(claim.baseline) in LOSS_NAMES and claim.published
+    assert all(loss in LOSS_NAMES and label not in LOSS_NAMES for label, (loss, _) in VARIANTS.items())
+
+
+def test_evidence_tables_from_run_directories_with_a_variant(tmp_path):
+    """``python -m benchmarks.evidence``: runs named ``<label>-seed<k>`` (a variant label included) give the
+    mean table, the per-seed differences and the claims rows with their verdicts."""
+    import json
+
+    from benchmarks import evidence
+
+    aps = {"focal": [0.30, 0.31, 0.29], "ghm": [0.25, 0.26, 0.24], "ghm_c_l1": [0.35, 0.36, 0.355]}
+    for label, values in aps.items():
+        for seed, ap in enumerate(values):
+            run = tmp_path / "runs" / f"{label}-seed{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({"AP": ap, "AP50": ap, "AP75": ap, "oLRP": 1 - ap,
+                                                          "score_iou_spearman": 0.1, "seconds_per_iteration": 1.0}))
+    out = tmp_path / "evidence.md"
+    assert evidence.main(["--runs", f"bccd={tmp_path / 'runs'}", "--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert "| ghm_c_l1 | 3 | 35.5 ± 0.5 |" in text
+    assert "`ghm_c_l1` = ghm with GHM-C with focal's L1 box loss" in text
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| GHM")}
+    assert rows["GHM-C > focal (same box loss)"].endswith("| holds |")
+    assert rows["GHM-R > the same detector's L1-type box loss"].endswith("| does not hold |")
+    assert "| Parameterized AP: searched functions >= linear |" in text and "no paired runs | not measured |" in text
