@@ -21,12 +21,19 @@ and the order in which LRP (:mod:`detlosses.evaluation.lrp`) sweeps its score cu
 
 IoU is computed by :func:`detlosses.evaluation.iou.coco_box_iou` (float64, COCO's formula).
 
-Why not faster-coco-eval's own matches: with ``extra_calc=True`` it exposes ``eval["matched"]`` and
-``math_matches()``, but (checked with faster-coco-eval 1.8) those merge the matches of *every* IoU
-threshold — a ground truth matched at 0.5 by one detection and at 0.85 by another yields two "true
-positives" — and count a detection matched to a crowd region as a true positive. LRP needs one
-threshold (0.5), each ground truth matched once and crowd matches ignored, so the matching is done
-here, with COCO's exact rules for that one threshold.
+Why not faster-coco-eval's own matches (checked with faster-coco-eval 1.8): its per-image results
+(``evalImgs``: each detection's match, ignore flag and kept/truncated status) stay in C++ ("a
+datastructure that isn't readable from Python"); with ``extra_calc=True`` it exposes only
+``eval["matched"]``, a dict of (detection id, ground-truth id) -> IoU pairs. At the default ten IoU
+thresholds those pairs merge every threshold (a ground truth matched at 0.5 by one detection and at
+0.85 by another appears twice). Run a second time with ``iouThrs=[0.5]`` the pairs are exactly ours
+(``tests/evaluation/test_eval_matching.py`` checks it, IoUs bit-identical, crowd matches included),
+so the tie and crowd rules do not differ — but the pairs alone do not feed LRP: it also needs which
+detections were kept (``maxDets`` per image and category), which are ignored (matched to a crowd or
+out-of-range ground truth), the number of non-ignored ground truths and the score order, none of
+which the pairs carry. Feeding LRP from faster-coco-eval would take a second full evaluation pass
+and re-deriving those rules here anyway, so this module keeps the matching (about 150 lines of it
+are the matching proper) and the test pins it to faster-coco-eval's pairs and precision curves.
 
 Reference: Lin et al., "Microsoft COCO: Common Objects in Context", ECCV 2014; the pycocotools
 ``cocoeval.py`` implementation.
