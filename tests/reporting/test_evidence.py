@@ -72,4 +72,5 @@ def test_evidence_tables_from_run_directories_with_a_variant(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| GHM")}
     assert rows["GHM-C > focal (same box loss)"].endswith("| holds |")
     assert rows["GHM-R > the same detector's L1-type box loss"].endswith("| does not hold |")
-    assert "| Parameterized AP: searched functions >= linear |" in text and "no paired runs | not measured |" in text
+    searched = next(line for line in text.splitlines() if line.startswith("| Parameterized AP: searched functions"))
+    assert searched.endswith("| no paired runs | not measured |")
