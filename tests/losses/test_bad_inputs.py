@@ -105,9 +105,9 @@ def test_ghm_and_iou_balanced_inputs():
         detlosses.GHMC(bins=0)
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
         detlosses.GHMR(momentum=1.0)
-    with pytest.raises(ValueError, match="GHMC target must be binary"):
+    with pytest.raises(ValueError, match="GHMC targets must be binary"):
         detlosses.GHMC()(torch.randn(4, 2), torch.full((4, 2), 0.5))
-    with pytest.raises(ValueError, match=r"weight must have the shape of pred"):
+    with pytest.raises(ValueError, match=r"weight must have the shape of logits"):
         detlosses.GHMC()(torch.randn(4, 2), torch.zeros(4, 2), torch.ones(3))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
         detlosses.GHMC()(torch.randn(4, 2), torch.tensor([0, 1, 2, 5]))

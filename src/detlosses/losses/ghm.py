@@ -134,7 +134,9 @@ class _GHMBase(nn.Module):
 
 
 class GHMC(_GHMBase):
-    """GHM-C: gradient-harmonized sigmoid binary cross-entropy.
+    """GHM-C: gradient-harmonized sigmoid binary cross-entropy, ``forward(logits, targets, weight=None,
+    reduction_override=None)`` (the ranking losses' ``logits, targets``; mmdetection's ``weight`` and
+    ``reduction_override``).
 
     Args:
         bins: number of gradient-norm bins (30 in the paper's config).
@@ -156,34 +158,34 @@ class GHMC(_GHMBase):
         super().__init__(bins, momentum, loss_weight, reduction, bias_correction, distributed)
 
     @full_precision
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
+    def forward(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None,
                 reduction_override: str | None = None) -> Tensor:
-        """``pred``: logits ``(N, C)`` (any shape); ``target``: binary, same shape, or integer
-        labels ``(N,)`` with ``C`` meaning background; ``weight``: label weights (``> 0`` = valid),
-        same shape as ``pred`` or ``(N,)``."""
-        pred = check_tensor(pred, "pred", floating=True)
-        target = check_tensor(target, "target")
-        if target.dim() == pred.dim() - 1 and not target.is_floating_point():
-            target, weight = _expand_onehot(target, weight, pred.shape[-1])
-        check_same_shape(target, "target", pred, "pred")
+        """``logits``: ``(N, C)`` (any shape); ``targets``: binary, same shape, or integer labels
+        ``(N,)`` with ``C`` meaning background; ``weight``: element weights (``> 0`` = valid), same
+        shape as ``logits`` or ``(N,)``; ``reduction_override``: as in mmdetection."""
+        logits = check_tensor(logits, "logits", floating=True)
+        targets = check_tensor(targets, "targets")
+        if targets.dim() == logits.dim() - 1 and not targets.is_floating_point():
+            targets, weight = _expand_onehot(targets, weight, logits.shape[-1])
+        check_same_shape(targets, "targets", logits, "logits")
         if weight is None:
-            weight = torch.ones_like(pred)
-        elif weight.shape != pred.shape:
-            if weight.dim() == pred.dim() - 1 and weight.shape == pred.shape[:-1]:
-                weight = weight[..., None].expand_as(pred)
+            weight = torch.ones_like(logits)
+        elif weight.shape != logits.shape:
+            if weight.dim() == logits.dim() - 1 and weight.shape == logits.shape[:-1]:
+                weight = weight[..., None].expand_as(logits)
             else:
-                raise ValueError(f"weight must have the shape of pred {tuple(pred.shape)} or "
-                                 f"{tuple(pred.shape[:-1])}, got {tuple(weight.shape)}")
-        compute_dtype = torch.promote_types(pred.dtype, torch.float32)
-        x = pred.to(compute_dtype)
-        t = target.to(compute_dtype)
-        if validate_args_enabled() and pred.numel():  # one read: NaN/Inf logits, non-binary targets
+                raise ValueError(f"weight must have the shape of logits {tuple(logits.shape)} or "
+                                 f"{tuple(logits.shape[:-1])}, got {tuple(weight.shape)}")
+        compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+        x = logits.to(compute_dtype)
+        t = targets.to(compute_dtype)
+        if validate_args_enabled() and logits.numel():  # one read: NaN/Inf logits, non-binary targets
             low, high, not_binary = torch.stack([*torch.aminmax(x.detach()),
                                                  ((t != 0) & (t != 1)).sum(dtype=compute_dtype)]).tolist()
             if not (math.isfinite(low) and math.isfinite(high)):
-                check_finite(pred, "pred")
+                check_finite(logits, "logits")
             if not_binary:
-                raise ValueError("GHMC target must be binary (0 or 1) per element")
+                raise ValueError("GHMC targets must be binary (0 or 1) per element")
         valid = weight > 0
         context = resolve_context(self.distributed)
         tot = context.all_reduce_sum(valid.sum().to(torch.float64)).clamp_min(1).to(compute_dtype)
@@ -194,7 +196,9 @@ class GHMC(_GHMBase):
 
 
 class GHMR(_GHMBase):
-    """GHM-R: gradient-harmonized authentic smooth-L1 (ASL1) for box regression.
+    """GHM-R: gradient-harmonized authentic smooth-L1 (ASL1) for box regression, ``forward(pred,
+    target, weight=None, reduction_override=None)`` (the regression names of the IoU-balanced
+    smooth-L1).
 
     Args:
         mu: ASL1 smoothing (0.02).
@@ -217,7 +221,9 @@ class GHMR(_GHMBase):
     @full_precision
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
                 reduction_override: str | None = None) -> Tensor:
-        """``pred``, ``target``: box deltas ``(N, 4)``; ``weight``: label weights, same shape."""
+        """``pred``, ``target``: box deltas ``(N, 4)`` (the names of
+        :func:`~detlosses.losses.iou_balanced.iou_balanced_smooth_l1_loss`); ``weight``: element
+        weights, same shape; ``reduction_override``: as in mmdetection."""
         pred = check_tensor(pred, "pred", floating=True)
         target = check_tensor(target, "target", floating=True)
         check_same_shape(target, "target", pred, "pred")
@@ -249,18 +255,18 @@ def _expand_onehot(labels: Tensor, weight: Tensor | None, num_classes: int) -> t
     return onehot[..., :num_classes], weight
 
 
-def ghmc_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, *, bins: int = 30,
+def ghmc_loss(logits: Tensor, targets: Tensor, weight: Tensor | None = None, *, bins: int = 30,
               reduction: str = "mean", distributed: bool = False) -> Tensor:
     """GHM-C of one batch, weighted by the batch's own gradient density (no EMA: the functional form
     of :class:`GHMC` with ``momentum=0``; use the module for the paper's EMA over iterations).
 
     Args:
-        pred: logits ``(N, C)`` (any shape).
-        target: binary targets of the same shape, or integer labels ``(N,)`` with ``C`` = background.
-        weight: label weights (``> 0`` = valid), same shape as ``pred`` or ``(N,)``.
+        logits: ``(N, C)`` (any shape).
+        targets: binary targets of the same shape, or integer labels ``(N,)`` with ``C`` = background.
+        weight: element weights (``> 0`` = valid), same shape as ``logits`` or ``(N,)``.
         bins, reduction, distributed: as for :class:`GHMC`.
     """
-    return GHMC(bins=bins, momentum=0.0, reduction=reduction, distributed=distributed)(pred, target, weight)
+    return GHMC(bins=bins, momentum=0.0, reduction=reduction, distributed=distributed)(logits, targets, weight)
 
 
 def ghmr_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, *, mu: float = 0.02, bins: int = 10,
@@ -270,7 +276,7 @@ def ghmr_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, *, mu:
 
     Args:
         pred, target: box deltas ``(N, 4)``.
-        weight: label weights, same shape.
+        weight: element weights, same shape.
         mu, bins, reduction, distributed: as for :class:`GHMR`.
     """
     return GHMR(mu=mu, bins=bins, momentum=0.0, reduction=reduction, distributed=distributed)(pred, target, weight)

@@ -149,36 +149,48 @@ def iou_balanced_smooth_l1_loss(
 
 
 class IoUBalancedFocalLoss(nn.Module):
-    """Module form of :func:`iou_balanced_focal_loss` (mmdetection-style ``loss_weight``)."""
+    """Module form of :func:`iou_balanced_focal_loss` (mmdetection-style ``loss_weight``).
+
+    ``distributed=True`` computes the normaliser ``Z`` over every data-parallel rank (opt-in, as for
+    every loss module; default: this process alone).
+    """
 
     def __init__(self, eta: float = 1.5, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean",
-                 loss_weight: float = 1.0) -> None:
+                 loss_weight: float = 1.0, distributed: bool = False) -> None:
         super().__init__()
         self.eta, self.alpha, self.gamma = float(eta), float(alpha), float(gamma)
         self.reduction = check_reduction(reduction)
         self.loss_weight = float(loss_weight)
+        self.distributed = bool(distributed)
 
     def forward(self, logits: Tensor, targets: Tensor, ious: Tensor, weight: Tensor | None = None,
                 avg_factor: float | Tensor | None = None, reduction_override: str | None = None) -> Tensor:
         return self.loss_weight * iou_balanced_focal_loss(
             logits, targets, ious, eta=self.eta, alpha=self.alpha, gamma=self.gamma,
             reduction=reduction_override or self.reduction, weight=weight, avg_factor=avg_factor,
+            distributed=self.distributed,
         )
 
 
 class IoUBalancedSmoothL1Loss(nn.Module):
-    """Module form of :func:`iou_balanced_smooth_l1_loss` (mmdetection-style ``loss_weight``)."""
+    """Module form of :func:`iou_balanced_smooth_l1_loss` (mmdetection-style ``loss_weight``).
+
+    ``distributed=True`` computes the ``normalize`` rescaling over every data-parallel rank (opt-in,
+    as for every loss module; default: this process alone).
+    """
 
     def __init__(self, lam: float = 1.5, beta: float = 0.11, normalize: bool = True, reduction: str = "mean",
-                 loss_weight: float = 1.0) -> None:
+                 loss_weight: float = 1.0, distributed: bool = False) -> None:
         super().__init__()
         self.lam, self.beta, self.normalize = float(lam), float(beta), bool(normalize)
         self.reduction = check_reduction(reduction)
         self.loss_weight = float(loss_weight)
+        self.distributed = bool(distributed)
 
     def forward(self, pred: Tensor, target: Tensor, ious: Tensor, weight: Tensor | None = None,
                 avg_factor: float | Tensor | None = None, reduction_override: str | None = None) -> Tensor:
         return self.loss_weight * iou_balanced_smooth_l1_loss(
             pred, target, ious, lam=self.lam, beta=self.beta, normalize=self.normalize,
             reduction=reduction_override or self.reduction, weight=weight, avg_factor=avg_factor,
+            distributed=self.distributed,
         )

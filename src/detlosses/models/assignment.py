@@ -96,7 +96,7 @@ class DenseAssignment:
         anchors: ``(B, A, 4)`` anchors (RetinaNet) or location boxes (FCOS), XYXY.
         labels: ``(B, A)`` int64: class index of a positive, ``BACKGROUND`` or ``IGNORED``.
         matched_boxes: ``(B, A, 4)`` ground-truth box of each positive (zeros elsewhere).
-        box_coder: torchvision's ``BoxCoder`` (RetinaNet) or ``BoxLinearCoder`` (FCOS).
+        box_coder: torchvision's ``BoxCoder`` (RetinaNet) or ``BoxLinearCoder`` (FCOS), as ``head`` says.
         extras: head-specific outputs, e.g. ``"bbox_ctrness"`` ``(B, A, 1)`` for FCOS.
         head: ``"retinanet"`` (anchors, deltas of ``BoxCoder``) or ``"fcos"`` (locations,
             ``BoxLinearCoder`` distances, a centerness branch).
@@ -229,13 +229,17 @@ class DenseAssignment:
         return self.box_coder.encode(anchors, gt)  # BoxLinearCoder (FCOS)
 
     def positive_pred_boxes(self) -> Tensor:
-        """Decoded predicted boxes of the positives, float32 or wider (differentiable)."""
+        """Decoded predicted boxes of the positives, float32 or wider (differentiable).
+
+        The coder is the one :attr:`head` names (as in :meth:`positive_target_deltas`): torchvision's
+        ``BoxCoder.decode_single`` for ``"retinanet"``, ``BoxLinearCoder.decode`` for ``"fcos"``.
+        """
         deltas = self.positive_deltas
         deltas = deltas.to(torch.promote_types(deltas.dtype, torch.float32))
         anchors = self.positive_anchors.to(deltas.dtype)
-        if hasattr(self.box_coder, "decode_single"):
+        if self.head == "retinanet":  # BoxCoder
             return self.box_coder.decode_single(deltas, anchors)
-        return self.box_coder.decode(deltas, anchors)
+        return self.box_coder.decode(deltas, anchors)  # BoxLinearCoder (FCOS)
 
     def positive_giou_loss(self, pred_boxes: Tensor | None = None) -> Tensor:
         """``1 - GIoU`` of each positive's predicted box with its ground truth, in ``[0, 2]``."""

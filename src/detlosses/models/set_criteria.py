@@ -109,31 +109,32 @@ class SetPredictions:
                                                 self.matches(layer))
 
 
-class _IdentityBoxCoder:
-    """The queries predict their boxes directly: "decoding" returns the prediction itself."""
-
-    @staticmethod
-    def decode_single(boxes: Tensor, anchors: Tensor) -> Tensor:
-        return boxes
-
-    @staticmethod
-    def encode_single(gt: Tensor, anchors: Tensor) -> Tensor:
-        return gt
-
-
 @dataclass
 class QueryAssignment(DenseAssignment):
     """A :class:`DenseAssignment` of set predictions: anchors are the queries, boxes XYXY normalised.
 
-    ``box_regression`` holds each query's predicted box (XYXY, normalised; differentiable), the box
-    coder is the identity, ``labels`` is the matched ground truth's class (``BACKGROUND`` for an
-    unmatched query), nothing is ignored.
+    ``box_regression`` holds each query's predicted box (XYXY, normalised; differentiable), so there
+    is no box coder (``box_coder=None``): the positives' predicted boxes are their rows of
+    ``box_regression`` and their regression targets the matched ground-truth boxes themselves
+    (:meth:`positive_pred_boxes` and :meth:`positive_target_deltas` say so, for ``head="detr"``).
+    ``labels`` is the matched ground truth's class (``BACKGROUND`` for an unmatched query), nothing
+    is ignored.
     """
 
     head: str = "detr"
 
     def __post_init__(self) -> None:  # the dense head names do not apply
-        pass
+        if self.head != "detr":
+            raise ValueError(f"a QueryAssignment's head is 'detr', got {self.head!r}")
+
+    def positive_pred_boxes(self) -> Tensor:
+        """The positives' predicted boxes (XYXY, normalised), float32 or wider (differentiable)."""
+        boxes = self.positive_deltas
+        return boxes.to(torch.promote_types(boxes.dtype, torch.float32))
+
+    def positive_target_deltas(self) -> Tensor:
+        """The queries regress boxes directly: the target is the matched ground-truth box."""
+        return self.positive_gt_boxes
 
     @classmethod
     def from_set_matches(cls, logits: Tensor, boxes: Tensor, targets: list[dict[str, Tensor]],
@@ -148,7 +149,7 @@ class QueryAssignment(DenseAssignment):
             matched[b, query_idx] = box_cxcywh_to_xyxy(target["boxes"].to(boxes)[gt_idx])
         return cls(cls_logits=logits, box_regression=box_cxcywh_to_xyxy(boxes),
                    anchors=torch.zeros_like(boxes), labels=labels, matched_boxes=matched,
-                   box_coder=_IdentityBoxCoder(), head="detr")
+                   box_coder=None, head="detr")
 
     def positive_l1(self) -> Tensor:
         """L1 distance of each positive's predicted box to its ground truth, in normalised cxcywh."""
