@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_copy", "atomic_write", "atomic_write_text", "atomic_write_json"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
@@ -49,3 +50,13 @@ def atomic_write_json(payload: Any, path: str | os.PathLike[str], **dump_options
     """Write ``payload`` as indented JSON (plus a newline) atomically; returns the path."""
     options = {"indent": 2, **dump_options}
     return atomic_write_text(path, json.dumps(payload, **options) + "\n")
+
+
+def atomic_copy(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Copy the file ``source`` to ``path`` atomically (contents only); returns the path."""
+
+    def copy(handle: IO[bytes]) -> None:
+        with open(source, "rb") as original:
+            shutil.copyfileobj(original, handle)
+
+    return atomic_write(path, copy)

@@ -100,7 +100,9 @@ OutOpt = Annotated[Path | None, typer.Option(help="Output directory." + _default
 PrecisionOpt = Annotated[str | None, typer.Option(help="32 | 16-mixed | bf16-mixed." + _default("precision"))]
 DevicesOpt = Annotated[int | None, typer.Option(help="Number of devices (processes)." + _default("devices"))]
 StrategyOpt = Annotated[str | None, typer.Option(help="Lightning strategy, e.g. auto | ddp." + _default("strategy"))]
-AcceleratorOpt = Annotated[str | None, typer.Option(help="auto | cpu | gpu." + _default("accelerator"))]
+AcceleratorOpt = Annotated[
+    str | None, typer.Option(help="auto | cpu | gpu | cuda | mps." + _default("accelerator")),
+]
 
 SET_KEYS_EPILOG = (
     "Config keys (for --set key=value and --config FILE.yaml; type and default):\n\n"
@@ -245,7 +247,7 @@ def evaluate(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: <run>/eval).")] = None,
     batch_size: BatchOpt = None,
-    accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
+    accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu | cuda | mps.")] = "auto",
     allow_train_as_val: Annotated[
         bool, typer.Option("--allow-train-as-val", help="Evaluate on training images of the run, on purpose.")
     ] = False,
@@ -374,9 +376,12 @@ def search(
         base = _build_config(config, set_, data=data, model=model, backbone=backbone,
                              pretrained_backbone=pretrained_backbone, batch_size=batch_size, image_size=image_size,
                              lr=lr, seed=seed)
+        from .training.runner import check_output_dir
+
+        search_out = check_output_dir(out or Path("runs/search"))
         _seed_weights(weights_dir)
         search_config = SearchConfig(
-            base=base, out=str(out or Path("runs/search")), rounds=rounds, samples_per_round=samples_per_round,
+            base=base, out=str(search_out), rounds=rounds, samples_per_round=samples_per_round,
             budget=budget, sampler=sampler, storage=storage, study_name=study_name, workers=workers,
             seed=base.seed, val_fraction=val_fraction,
         )

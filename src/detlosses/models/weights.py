@@ -8,10 +8,11 @@ code stays standard torchvision (``mobilenet_v2(weights="IMAGENET1K_V1")``).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
+
+from .._atomic import atomic_copy
 
 __all__ = ["seed_torch_hub_cache"]
 
@@ -31,8 +32,6 @@ def seed_torch_hub_cache(weights_dir: str | os.PathLike) -> list[Path]:
     for file in files:
         destination = target / file.name
         if not destination.exists() or destination.stat().st_size != file.stat().st_size:
-            tmp = destination.with_suffix(destination.suffix + ".part")
-            shutil.copyfile(file, tmp)
-            os.replace(tmp, destination)
+            atomic_copy(file, destination)
         cached.append(destination)
     return cached

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("32", "16-mixed", "bf16-mixed", "64")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 RUN_ONLY_KEYS = frozenset({"out", "progress_bar", "num_workers", "log_every"})
 """Keys that change where and how verbosely a run reports, never its numbers: ignored when a saved run's
@@ -134,13 +136,9 @@ class TrainConfig:
         if str(self.precision) not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.precision = str(self.precision)
-        for name in ("epochs", "batch_size", "image_size", "devices", "val_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.max_steps is not None and int(self.max_steps) < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
+        self._check_ranges()
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
         if self.val_fraction is not None and self.val_data is not None:
@@ -148,13 +146,71 @@ class TrainConfig:
                              f"but val_data={self.val_data!r} names other validation data: choose one")
         if self.val_fraction is not None and self.search_split is not None:
             raise ValueError("val_fraction and search_split both divide the training data: choose one")
-        if self.search_split is not None and not Path(self.search_split).is_file():
-            raise ValueError(f"search_split file {self.search_split} does not exist")
-        if self.pap_params is not None and not Path(self.pap_params).is_file():
-            raise ValueError(f"pap_params file {self.pap_params} does not exist")
+        if self.search_split is not None:
+            _check_input_file("search_split", self.search_split)
+        if self.pap_params is not None:
+            _check_input_file("pap_params", self.pap_params)
         if not isinstance(self.loss_options, dict):
             raise ValueError(f"loss_options must be a mapping, got {self.loss_options!r}")
         self.detector_config(num_classes=1)  # the detector's own checks (anchors, assigner, box coder)
+        self._check_loss_options()
+
+    def _check_ranges(self) -> None:
+        """Numbers outside their meaningful range (NaN included) are refused, naming key and value."""
+        for name in ("epochs", "batch_size", "image_size", "devices", "val_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and int(self.max_steps) < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.warmup_iters < 0:
+            raise ValueError(f"warmup_iters must be >= 0 (0: no warm-up), got {self.warmup_iters}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(f"warmup_ratio (the warm-up's starting share of lr) must lie in [0, 1], "
+                             f"got {self.warmup_ratio}")
+        if self.gradient_clip is not None and not (self.gradient_clip >= 0 and math.isfinite(self.gradient_clip)):
+            raise ValueError(f"gradient_clip must be a finite number >= 0 or null (no clipping), "
+                             f"got {self.gradient_clip}")
+        if not 0.0 <= self.score_thresh <= 1.0:
+            raise ValueError(f"score_thresh must lie in [0, 1], got {self.score_thresh}")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must lie in [0, 1], got {self.momentum}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.lr_steps is not None and any(step < 1 for step in self.lr_steps):
+            raise ValueError(f"lr_steps must be epochs >= 1, got {self.lr_steps}")
+        for name in ("limit_train_batches", "limit_val_batches"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value == 0:
+                what = ("validation, but every run ends with its evaluation on the validation data (AP, LRP, "
+                        "report)" if name == "limit_val_batches" else "training")
+                raise ValueError(f"{name}=0 turns off {what}; leave {name} unset (all batches) or give a "
+                                 "number of batches >= 1 or a fraction in (0, 1]")
+            if (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0.0 < value <= 1.0):
+                raise ValueError(f"{name} must be a number of batches >= 1 or a fraction in (0, 1], got {value}")
+
+    def _check_loss_options(self) -> None:
+        """Build the run's criterion once, so bad ``loss_options`` are refused before any data is read,
+        with the offending key named (``loss_options.delta``)."""
+        from ..models import build_model_criterion
+
+        options = self.criterion_options()
+        try:
+            build_model_criterion(self.model, self.loss, **options)
+        except (ValueError, TypeError) as err:
+            keys = _bad_option_keys(self.model, self.loss, options)
+            if len(keys) == 1:
+                key, value = keys[0]
+                if key == "params_file" and self.pap_params is not None:
+                    raise ValueError(f"pap_params file {value}: {err}") from None
+                raise ValueError(f"loss_options.{key}={value!r} is not valid for loss {self.loss!r}: {err}") from None
+            raise ValueError(f"loss_options {self.loss_options!r} are not valid for loss {self.loss!r}: "
+                             f"{err}") from None
 
     def detector_config(self, num_classes: int):
         """The :class:`~detlosses.models.DetectorConfig` of this run."""
@@ -235,9 +291,15 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     if path is not None:
         path = Path(path)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ValueError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ValueError(f"config file {path} is a directory, expected a YAML file") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {path} is not a text (YAML) file") from None
+        except OSError as err:
+            raise ValueError(f"cannot read config file {path}: {err.strerror or err}") from None
         except yaml.YAMLError as err:
             raise ValueError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(loaded, dict):
@@ -317,6 +379,10 @@ def _convert(value: Any, hint: Any) -> Any:
         raise TypeError
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
+        if type(value) in typing.get_args(hint):  # an exact match first: 1.0 stays a float in int | float
+            return value
+        if isinstance(value, float) and float in typing.get_args(hint):  # numpy floats too
+            return float(value)
         for arg in typing.get_args(hint):
             try:
                 return _convert(value, arg)
@@ -367,10 +433,52 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 def config_keys_help() -> str:
     """One line per config key: its type and default (for ``--help``)."""
     hints = _field_types()
-    lines = []
-    for key, default in TrainConfig.defaults().items():
-        kind = _describe(hints[key]).replace("an integer", "int").replace("a number", "float")
-        kind = kind.replace("a string", "str").replace("true or false", "bool").replace("a mapping", "mapping")
-        kind = kind.replace("a list of integers", "list of int").replace(" or ", "|")
-        lines.append(f"{key} ({kind}) = {default!r}")
-    return "\n".join(lines)
+    return "\n".join(f"{key} ({_short_type(hints[key])}) = {default!r}"
+                     for key, default in TrainConfig.defaults().items())
+
+
+def _short_type(hint: Any) -> str:
+    """A type in ``--help``'s short words: ``int``, ``float|null``, ``list of float``, ``mapping``."""
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return "|".join(_short_type(arg) for arg in typing.get_args(hint))
+    if origin is list:
+        return f"list of {_short_type(typing.get_args(hint)[0])}"
+    if origin is dict or hint is dict:
+        return "mapping"
+    return {bool: "bool", int: "int", float: "float", str: "str"}.get(hint, str(hint))
+
+
+def _check_input_file(key: str, value: str) -> None:
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(f"{key} {value} is a directory, expected a file")
+    if not path.is_file():
+        raise ValueError(f"{key} file {value} does not exist")
+
+
+def _bad_option_keys(model: str, loss: str, options: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The ``(dotted key, value)`` of each loss option the criterion refuses on its own (a nested
+    mapping, e.g. Faster R-CNN's ``rpn``, is searched key by key)."""
+    from ..models import build_model_criterion
+
+    def refused(trial: dict[str, Any]) -> bool:
+        try:
+            build_model_criterion(model, loss, **trial)
+        except (ValueError, TypeError):
+            return True
+        return False
+
+    bad = []
+    for key, value in options.items():
+        if not refused({key: value}):
+            continue
+        if isinstance(value, dict) and value:
+            inner = [(f"{key}.{sub}", sub_value) for sub, sub_value in value.items()
+                     if refused({key: {sub: sub_value}})]
+            bad.extend(inner or [(key, value)])
+        else:
+            bad.append((key, value))
+    return bad

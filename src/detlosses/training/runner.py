@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
+import pickle
 import sys
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from .._atomic import atomic_write_text
 from ..evaluation import write_metrics_json
 from .callbacks import EpochSummary, IterationTimer, ValidationTracker
 from .config import TrainConfig, config_differences, save_config
@@ -148,12 +152,11 @@ def _merge_csv_log(path: Path, earlier: list[dict[str, str]], last_epoch: int, g
     for row in rows:
         fields.extend(k for k in row if k not in fields)
     fields = ["epoch", "step"] + sorted(f for f in fields if f not in ("epoch", "step"))
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def _write_outputs(run_dir: Path, metrics: dict[str, Any], details, title: str) -> Path | None:
@@ -166,6 +169,47 @@ def _write_outputs(run_dir: Path, metrics: dict[str, Any], details, title: str) 
         metrics["score_iou_spearman"] = score_iou_spearman(details)
     write_metrics_json(metrics, run_dir / "metrics.json")
     return write_run_report(run_dir, metrics, details, title=title)
+
+
+_UNREADABLE_CHECKPOINT = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
+                          AttributeError, ImportError, IndexError, KeyError, TypeError)
+"""What ``torch.load`` raises for a file that is not a (readable) PyTorch checkpoint."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The contents of checkpoint ``path`` (on the CPU).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is a directory, or not a checkpoint (a text file, a truncated file, ...).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory, expected a .ckpt file written by detlosses train")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except _UNREADABLE_CHECKPOINT as err:
+        raise ValueError(f"{path} is not a detlosses checkpoint (torch.load cannot read it: "
+                         f"{type(err).__name__}: {err})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a detlosses checkpoint (it holds a {type(saved).__name__})")
+    return saved
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output path") -> Path:
+    """Raise ``ValueError`` when ``path`` (or a folder above it) exists but is not a directory."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if candidate.is_dir():
+                break
+            if candidate == path:
+                raise ValueError(f"{what} {path} is a file, not a directory; choose another --out")
+            raise ValueError(f"{what} {path} lies under {candidate}, which is a file, not a directory; "
+                             "choose another --out")
+    return path
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any] | None:
@@ -181,8 +225,8 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         try:
-            return dict(torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]["config"])
-        except (KeyError, TypeError, RuntimeError, OSError):
+            return dict(load_checkpoint(last)["hyper_parameters"]["config"])
+        except (KeyError, TypeError, ValueError, OSError):
             return None
     return None
 
@@ -232,7 +276,7 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
         FileNotFoundError: ``resume`` without a run to resume (and without ``resume_or_start``).
         ValueError: the run to resume was trained with other settings; bad data or config.
     """
-    run_dir = Path(config.out)
+    run_dir = check_output_dir(config.out)
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists() and not (resume or resume_or_start):
         raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another --out")
@@ -261,7 +305,7 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
     earlier_log = _read_csv_rows(run_dir / "metrics.csv") if ckpt_path else []
     resumed_at = (0, 0)
     if ckpt_path:
-        saved = torch.load(last, map_location="cpu", weights_only=False)
+        saved = load_checkpoint(last)
         resumed_at = (int(saved.get("epoch", 0)), int(saved.get("global_step", 0)))
     trainer = _trainer(config, run_dir, for_fit=True, extra_callbacks=[tracker, *callbacks], timer=timer,
                        keep_best=keep_best)
@@ -303,9 +347,7 @@ def evaluate_checkpoint(
             ``allow_train_as_val``), or the checkpoint or data is unusable.
     """
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = load_checkpoint(checkpoint)
     try:
         hparams = saved["hyper_parameters"]
         values = dict(hparams["config"])
@@ -337,7 +379,7 @@ def evaluate_checkpoint(
         values["batch_size"] = batch_size
     if allow_train_as_val:
         values["allow_train_as_val"] = True
-    out_dir = Path(out) if out is not None else run_dir / "eval"
+    out_dir = check_output_dir(Path(out) if out is not None else run_dir / "eval")
     values["out"] = str(out_dir)
     config = TrainConfig.from_dict(values)
     datamodule = DetectionDataModule(config)
@@ -374,7 +416,7 @@ def compare(
     a ``ValueError`` lists the differences. ``comparison.md`` records the data and settings. Under data
     parallelism only global rank 0 writes the comparison; the other ranks get ``None`` as its path.
     """
-    out = Path(out)
+    out = check_output_dir(out)
     primary = launched_rank() == 0
     chosen = {loss: recipe_for(recipes, base.model, loss) for loss in losses} if recipes is not None else {}
     planned = []
