@@ -10,6 +10,8 @@ are imported inside the commands, so ``detlosses --help`` answers at once. Bad i
 
 from __future__ import annotations
 
+import errno
+
 import math
 import os
 import sys
@@ -162,6 +164,14 @@ def _run(job) -> Any:
         return job()
     except (ValueError, FileNotFoundError, FileExistsError, MisconfigurationException) as err:
         _fail(str(err))
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as err:  # the environment, not a bug
+        where = f": {err.filename}" if err.filename else ""
+        _fail(f"{err.strerror or err}{where}")
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):  # disk full / read-only / over quota
+            where = f" writing {err.filename}" if err.filename else ""
+            _fail(f"{err.strerror}{where}")
+        raise
 
 
 @app.command(epilog=SET_KEYS_EPILOG)

@@ -123,3 +123,34 @@ def test_help_labels_list_types_alike() -> None:
     assert "anchor_ratios (list of float) = [0.5, 1.0, 2.0]" in text
     assert "lr_steps (list of int|null) = None" in text
     assert "a list of" not in text and "fpn_channels (int) = 256" in text
+
+
+@pytest.mark.parametrize("error, expected", [
+    (PermissionError(13, "Permission denied", "/data/run"), "error: Permission denied: /data/run"),
+    (OSError(28, "No space left on device", "/data/run/last.ckpt"),
+     "error: No space left on device writing /data/run/last.ckpt"),
+])
+def test_environment_errors_are_one_line(error: OSError, expected: str, capsys) -> None:
+    """An unwritable or full disk is the user's environment, not a bug: one line, exit code 2."""
+    from detlosses.cli import _run
+
+    def job():
+        raise error
+
+    import typer
+
+    with pytest.raises(typer.Exit) as exit_info:
+        _run(job)
+    assert exit_info.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == expected and "Traceback" not in err
+
+
+def test_a_programming_error_is_not_hidden() -> None:
+    from detlosses.cli import _run
+
+    def job():
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError):
+        _run(job)
