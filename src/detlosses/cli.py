@@ -11,7 +11,6 @@ are imported inside the commands, so ``detlosses --help`` answers at once. Bad i
 from __future__ import annotations
 
 import errno
-
 import math
 import os
 import sys
