@@ -54,3 +54,13 @@ def test_a_fraction_of_one_stays_all_batches() -> None:
     config = TrainConfig(limit_train_batches=1.0, limit_val_batches=1)
     assert isinstance(config.limit_train_batches, float) and config.limit_train_batches == 1.0
     assert isinstance(config.limit_val_batches, int) and config.limit_val_batches == 1
+
+
+def test_narrow_plain_head_is_warned_about() -> None:
+    from detlosses.training.runner import narrow_plain_head_warning
+
+    message = narrow_plain_head_warning(TrainConfig(head_norm="none", fpn_channels=64))
+    assert message is not None and "fpn_channels=64" in message and "head_norm='group'" in message
+    assert narrow_plain_head_warning(TrainConfig(head_norm="none", fpn_channels=256)) is None
+    assert narrow_plain_head_warning(TrainConfig(head_norm="group", fpn_channels=64)) is None
+    assert narrow_plain_head_warning(TrainConfig(model="ssd", fpn_channels=64)) is None
