@@ -35,12 +35,14 @@ def _coco(folder: Path, n: int, first_id: int, boxes: bool) -> str:
     return f"coco:{annotation_json}:{images_dir}"
 
 
-def test_resume_needs_a_run_unless_resume_or_start(tmp_path: Path) -> None:
+def test_resume_needs_a_run_unless_resume_or_start(tmp_path: Path, caplog) -> None:
     config = TrainConfig(out=str(tmp_path / "run"), **TINY)
     with pytest.raises(FileNotFoundError, match="holds no run to resume.*--resume-or-start"):
         train(config, resume=True)
     assert not (tmp_path / "run" / "checkpoints").exists()
-    result = train(config, resume_or_start=True)
+    with caplog.at_level("INFO", logger="detlosses"):
+        result = train(config, resume_or_start=True)
+    assert "holds no run to resume; starting a new run there" in caplog.text  # said, not silent
     assert (result.run_dir / "metrics.json").is_file()
 
 

@@ -304,6 +304,8 @@ def train(config: TrainConfig, *, resume: bool = False, resume_or_start: bool = 
     if last.exists():
         check_same_settings(run_dir, config, "resume")
     primary = launched_rank() == 0
+    if resume_or_start and not last.exists() and primary:
+        LOG.info("--resume-or-start: %s holds no run to resume; starting a new run there", run_dir)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = DetectionDataModule(config)
     datamodule.setup("fit")
