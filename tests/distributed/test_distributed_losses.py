@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from tests.distributed.ranks import run_on_ranks
 
 import detlosses
 
@@ -74,9 +71,7 @@ def run_losses(logits, targets, ious, jitter, errors, distributed):
     return out
 
 
-def _worker(rank: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
+def _on_rank(rank: int) -> dict:
     logits, targets, ious, jitter = make_batch()
     errors_all = _errors(targets)
     per = logits.shape[0] // WORLD
@@ -86,15 +81,12 @@ def _worker(rank: int, init_file: str, result_dir: str) -> None:
     out = run_losses(logits[share], targets[share], ious[share], jitter[share], local_errors, True)
     if rank == 0:  # the default ranks this rank's tensors alone: called on one rank only, it cannot hang
         out["local_only"] = float(detlosses.ap_loss(logits[share], targets[share]))
-    torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    return out
 
 
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist")
-    mp.start_processes(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn", join=True)
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_ranks(_on_rank, tmp_path_factory.mktemp("dist"), WORLD)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,9 @@ gradients must be the single-process gradients of its image times the world size
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from tests.distributed.ranks import run_on_ranks
 
 WORLD = 2
 LOSSES = ("pap", "ap", "alrp", "rank_sort")
@@ -47,18 +44,13 @@ def criterion_results(images: list[int]) -> dict:
     return out
 
 
-def _worker(rank: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    torch.save(criterion_results([rank]), os.path.join(result_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+def _on_rank(rank: int) -> dict:
+    return criterion_results([rank])
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist-set")
-    mp.start_processes(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn", join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_on_ranks(_on_rank, tmp_path_factory.mktemp("dist-set"), WORLD)
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -93,20 +85,14 @@ def model_gradients(images: list[int]) -> dict:
     return out
 
 
-def _model_worker(rank: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    torch.save(model_gradients([rank]), os.path.join(result_dir, f"model{rank}.pt"))
-    dist.destroy_process_group()
+def _model_on_rank(rank: int) -> dict:
+    return model_gradients([rank])
 
 
 @pytest.fixture(scope="module")
 def two_model_ranks(tmp_path_factory):
     pytest.importorskip("transformers", reason="the deformable_detr model needs the detr extra (transformers)")
-    tmp = tmp_path_factory.mktemp("dist-detr")
-    mp.start_processes(_model_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn",
-                       join=True)
-    return [torch.load(tmp / f"model{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_on_ranks(_model_on_rank, tmp_path_factory.mktemp("dist-detr"), WORLD)
 
 
 @pytest.mark.parametrize("name", MODEL_LOSSES)

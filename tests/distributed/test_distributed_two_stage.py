@@ -3,12 +3,9 @@ of their proposals exactly as one process ranks the whole batch (issue 11)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from tests.distributed.ranks import run_on_ranks
 
 WORLD = 2
 LOSSES = ("ap", "alrp", "rank_sort", "pap")
@@ -40,18 +37,13 @@ def stage_results(images: list[int]) -> dict:
     return out
 
 
-def _worker(rank: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    torch.save(stage_results([rank]), os.path.join(result_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+def _on_rank(rank: int) -> dict:
+    return stage_results([rank])
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist2")
-    mp.start_processes(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn", join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_on_ranks(_on_rank, tmp_path_factory.mktemp("dist2"), WORLD)
 
 
 @pytest.mark.parametrize("name", LOSSES)

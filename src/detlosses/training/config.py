@@ -356,17 +356,23 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _describe(hint: Any) -> str:
+_LONG_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+_SHORT_WORDS = {bool: "bool", int: "int", float: "float", str: "str", dict: "mapping"}
+
+
+def _describe(hint: Any, short: bool = False) -> str:
+    """A type in words: ``an integer or null`` for messages, or (``short``) ``int|null`` for ``--help``."""
     if hint is type(None):
         return "null"
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+        return ("|" if short else " or ").join(_describe(arg, short) for arg in typing.get_args(hint))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
-    if origin is dict or hint is dict:
-        return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+        item = _describe(typing.get_args(hint)[0], short)
+        return f"list of {item}" if short else f"a list of {item.removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict:
+        hint = dict
+    return (_SHORT_WORDS if short else _LONG_WORDS).get(hint, str(hint))
 
 
 def _convert(value: Any, hint: Any) -> Any:
@@ -433,22 +439,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 def config_keys_help() -> str:
     """One line per config key: its type and default (for ``--help``)."""
     hints = _field_types()
-    return "\n".join(f"{key} ({_short_type(hints[key])}) = {default!r}"
+    return "\n".join(f"{key} ({_describe(hints[key], short=True)}) = {default!r}"
                      for key, default in TrainConfig.defaults().items())
-
-
-def _short_type(hint: Any) -> str:
-    """A type in ``--help``'s short words: ``int``, ``float|null``, ``list of float``, ``mapping``."""
-    if hint is type(None):
-        return "null"
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return "|".join(_short_type(arg) for arg in typing.get_args(hint))
-    if origin is list:
-        return f"list of {_short_type(typing.get_args(hint)[0])}"
-    if origin is dict or hint is dict:
-        return "mapping"
-    return {bool: "bool", int: "int", float: "float", str: "str"}.get(hint, str(hint))
 
 
 def _check_input_file(key: str, value: str) -> None:
