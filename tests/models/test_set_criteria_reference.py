@@ -78,13 +78,18 @@ def fixed_matcher(all_logits):
     return match
 
 
-def giou(a, b):
-    """GIoU of two cx, cy, w, h boxes, by hand (torchvision's eps = 1e-7 in the ratios)."""
+def _corners_and_overlap(a, b):
+    """The corners of two cx, cy, w, h boxes and their intersection's area, by hand."""
     ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
     bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
     iw = torch.clamp(torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1), min=0)
     ih = torch.clamp(torch.minimum(ay2, by2) - torch.maximum(ay1, by1), min=0)
-    inter = iw * ih
+    return (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2), iw * ih
+
+
+def giou(a, b):
+    """GIoU of two cx, cy, w, h boxes, by hand (torchvision's eps = 1e-7 in the ratios)."""
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2), inter = _corners_and_overlap(a, b)
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     hull = (torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)) * (torch.maximum(ay2, by2) - torch.minimum(ay1, by1))
     return inter / (union + 1e-7) - (hull - union) / (hull + 1e-7)
@@ -180,11 +185,7 @@ def near_inputs(seed: int):
 
 def plain_iou(a, b):
     """IoU of two cx, cy, w, h boxes, by hand (no eps: the IoU targets and aligned IoU)."""
-    ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
-    bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    iw = torch.clamp(torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1), min=0)
-    ih = torch.clamp(torch.minimum(ay2, by2) - torch.maximum(ay1, by1), min=0)
-    inter = iw * ih
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2), inter = _corners_and_overlap(a, b)
     return inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)
 
 
