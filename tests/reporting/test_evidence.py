@@ -72,5 +72,5 @@ def test_evidence_tables_from_run_directories_with_a_variant(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| GHM")}
     assert rows["GHM-C > focal (same box loss)"].endswith("| holds |")
     assert rows["GHM-R > the same detector's L1-type box loss"].endswith("| does not hold |")
-    searched = next(line for line in text.splitlines() if line.startswith("| Parameterized AP: searched functions"))
+    searched = next(line for line in text.splitlines() if line.startswith("| Parameterized AP: functions searched"))
     assert searched.endswith("| no paired runs | not measured |")
