@@ -460,9 +460,11 @@ def compare(
                          run_dir)
             metrics = json.loads(metrics_file.read_text())
         else:
+            unfinished = (run_dir / "checkpoints" / "last.ckpt").exists()
             if primary:
-                LOG.info("compare: training %s seed %d in %s", loss, seed, run_dir)
-            result = train(config, resume_or_start=True)
+                LOG.info("compare: %s %s seed %d in %s", "resuming" if unfinished else "training", loss, seed,
+                         run_dir)
+            result = train(config, resume=unfinished)
             primary = primary and result.is_primary
             metrics = result.metrics
         runs.append({"loss": loss, "seed": seed, "metrics": metrics, "run_dir": str(run_dir)})
