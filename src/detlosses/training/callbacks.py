@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import random
 import socket
 import statistics
 import sys
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from .._atomic import atomic_write_json
 
-__all__ = ["EpochSummary", "IterationTimer", "ValidationTracker", "append_gradient_norms"]
+__all__ = ["EpochRandomStreams", "EpochSummary", "IterationTimer", "ValidationTracker", "append_gradient_norms"]
 
 
 class IterationTimer(pl.Callback):
@@ -104,6 +106,33 @@ class IterationTimer(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.durations = [float(v) for v in state_dict.get("durations", [])]
         self.loads = [float(v) for v in state_dict.get("loads", [])]
+
+
+class EpochRandomStreams(pl.Callback):
+    """Seeds the global random generators (torch CPU and CUDA, Python, NumPy) at the first batch of every
+    training epoch from ``(seed, epoch)``.
+
+    Lightning's checkpoint holds no random state, and a resumed run creates its data loader's iterator
+    (which draws from the global generator) at another point than an uninterrupted run does. So a run with
+    dropout (Deformable DETR) or proposal sampling (Faster R-CNN's ``ce``) would continue on another random
+    stream after a resume. Seeding each epoch at its first batch makes the draws of an epoch a function of
+    the run's seed and the epoch alone, so a resumed run continues exactly as one never interrupted.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def epoch_seed(self, epoch: int) -> int:
+        return (self.seed * 1_000_003 + int(epoch) * 7_919 + 1) % (2**31 - 1)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if batch_idx != 0:
+            return
+        seed = self.epoch_seed(trainer.current_epoch)
+        torch.manual_seed(seed)  # CPU and every CUDA device
+        random.seed(seed)
+        np.random.seed(seed)
 
 
 def _cpu_name() -> str:

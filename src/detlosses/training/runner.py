@@ -33,7 +33,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .._atomic import atomic_write_text
 from ..evaluation import write_metrics_json
-from .callbacks import EpochSummary, IterationTimer, ValidationTracker
+from .callbacks import EpochRandomStreams, EpochSummary, IterationTimer, ValidationTracker
 from .config import TrainConfig, config_differences, save_config
 from .datamodule import DATA_SPLIT_JSON, DetectionDataModule
 from .module import DetectionModule
@@ -92,6 +92,7 @@ def _trainer(config: TrainConfig, run_dir: Path, *, for_fit: bool, extra_callbac
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
                             enable_version_counter=False, save_on_train_epoch_end=True),
             LearningRateMonitor(logging_interval="step"),
+            EpochRandomStreams(config.seed),
         ]
         if keep_best:  # needs val/AP, which is undefined without ground-truth boxes
             callbacks.insert(1, ModelCheckpoint(
