@@ -81,6 +81,12 @@ class DetectionCriterion(nn.Module):
         return {}
 
 
+def _l1_delta_loss(batch: DenseAssignment) -> Tensor:
+    """RetinaNet's box loss: L1 between the positives' deltas and their targets, summed over the
+    positives' coordinates, divided by the number of positives (focal's, and GHM's ``box_loss="delta"``)."""
+    return _positive_mean(F.l1_loss(batch.positive_deltas, batch.positive_target_deltas(), reduction="sum"), batch)
+
+
 def _positive_mean(local_sum: Tensor, batch: DenseAssignment) -> Tensor:
     """A sum over the positives of the whole batch divided by their number (at least 1).
 
@@ -125,8 +131,7 @@ class FocalCriterion(DetectionCriterion):
                                          reduction="none")
         cls = _positive_mean(torch.where(valid, per_element, 0.0).sum(), batch)
         if _delta_box_loss(self.box_loss, batch):
-            box = _positive_mean(F.l1_loss(batch.positive_deltas, batch.positive_target_deltas(), reduction="sum"),
-                                 batch)
+            box = _l1_delta_loss(batch)
         else:
             box = _positive_mean(batch.positive_giou_loss().sum(), batch)
         return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
@@ -285,12 +290,11 @@ class GHMCriterion(DetectionCriterion):
         targets = batch.class_targets().reshape(-1, batch.num_classes)
         valid = (targets >= 0).to(logits.dtype)
         cls = self.ghmc(logits, targets.clamp(min=0), valid)
-        deltas = batch.positive_deltas
-        target_deltas = batch.positive_target_deltas().to(deltas.dtype)
         if self.box_loss == "delta":
-            box = _positive_mean(F.l1_loss(deltas, target_deltas, reduction="sum"), batch)
+            box = _l1_delta_loss(batch)
         else:
-            box = self.ghmr(deltas, target_deltas, torch.ones_like(deltas))
+            deltas = batch.positive_deltas
+            box = self.ghmr(deltas, batch.positive_target_deltas().to(deltas.dtype), torch.ones_like(deltas))
         if self.training:
             with torch.no_grad():  # counts of the valid elements per bin, on the device (no bincount/mask sync)
                 g = (torch.sigmoid(logits.detach().float()) - targets.clamp(min=0)).abs()
