@@ -1,0 +1,98 @@
+"""Where one loss call's time goes: the device's busy time against the call's wall time, and the
+operators that cost most.
+
+For each loss and size, one warm forward + backward call (inputs of :func:`benchmarks.losses.make_batch`)
+runs under ``torch.profiler``. Printed per call:
+
+* ``wall``: the call's time, synchronised (what a training step pays);
+* ``busy``: the sum of the device's kernel and copy times (on the CPU: of the top-level operators'
+  own times), i.e. the work itself; ``wall - busy`` is the host issuing operators and waiting;
+* the ``--top`` operators by device time (CPU: self CPU time).
+
+It explains the numbers of :mod:`benchmarks.launches` and :mod:`benchmarks.losses`; nothing is
+asserted. Usage::
+
+    python -m benchmarks.kernel_profile --device cuda --sizes 1000000x1000,100000000x4000 --out profile.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.losses import fast_call, focal_call, make_batch, parse_losses_and_device, synchronize
+
+LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap")
+
+
+def wall_ms(fn, device: torch.device, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def profile_call(fn, device: torch.device, top: int) -> tuple[float, str]:
+    """(device-busy ms, table of the top operators) of one warm call."""
+    cuda = device.type == "cuda"
+    fn()
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    events = prof.events()
+    if cuda:
+        busy_us = sum(e.device_time for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        sort = "self_cuda_time_total"
+    else:
+        busy_us = sum(e.self_cpu_time_total for e in events if e.name.startswith("aten::"))
+        sort = "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=60)
+    return busy_us / 1e3, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000000x1000", help="comma-separated NxP pairs")
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--out", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
+    lines = []
+    for pair in args.sizes.split(","):
+        n, p = (int(float(v)) for v in pair.lower().split("x"))
+        batch = make_batch(n, p, device=device)
+        summary = []
+        for name in losses:
+            fn = focal_call(batch) if name == "focal" else fast_call(name, batch)
+            wall = wall_ms(fn, device)
+            busy, table = profile_call(fn, device, args.top)
+            summary.append(f"| {n:.0e} | {p} | {name} | {wall:.2f} | {busy:.2f} | {wall - busy:.2f} |")
+            lines += [f"## {name}, N = {n:.0e}, P = {p}: wall {wall:.2f} ms, busy {busy:.2f} ms", table]
+            print(lines[-2], flush=True)
+        lines += ["| N | P | loss | wall ms | busy ms | wall - busy |", "|---|---|---|---|---|---|", *summary, ""]
+        print("\n".join(lines[-len(summary) - 3:]), flush=True)
+        del batch
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
