@@ -9,6 +9,9 @@ runs under ``torch.profiler``. Printed per call:
   own times), i.e. the work itself; ``wall - busy`` is the host issuing operators and waiting;
 * the ``--top`` operators by device time (CPU: self CPU time).
 
+``--late`` moves the negatives below every positive's window (late training: one crowded bucket);
+``--lanes`` sets the engine's accumulation lanes (1: one table, atomic adds on its buckets).
+
 It explains the numbers of :mod:`benchmarks.launches` and :mod:`benchmarks.losses`; nothing is
 asserted. Usage::
 
@@ -25,9 +28,23 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import detlosses
 from benchmarks.losses import fast_call, focal_call, make_batch, parse_losses_and_device, synchronize
+from detlosses.ranking import engine
 
-LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap")
+LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm")
+
+
+def ghm_call(b: dict[str, torch.Tensor]):
+    """GHM-C (default bins and momentum) on the same batch, as :mod:`benchmarks.launches` calls it."""
+    loss = detlosses.GHMC().to(b["logits"].device)
+    targets, weight = (b["targets"] == 1).float(), (b["targets"] >= 0).float()
+
+    def run() -> None:
+        x = b["logits"].clone().requires_grad_(True)
+        loss(x, targets, weight).backward()
+
+    return run
 
 
 def wall_ms(fn, device: torch.device, repeats: int = 5) -> float:
@@ -69,22 +86,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--out", type=Path, help="also write the report here")
+    parser.add_argument("--late", action="store_true",
+                        help="late-training logits: the negatives 6 lower (below every positive's window)")
+    parser.add_argument("--lanes", type=int,
+                        help="the engine's accumulation lanes (1: one table; default: the engine's)")
     args = parser.parse_args(argv)
     losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
+    if args.lanes is not None:
+        if args.lanes < 1:
+            parser.error("--lanes must be >= 1")
+        engine._LANES = args.lanes
+    setting = f"{'late' if args.late else 'early'}-training logits, {engine._LANES} accumulation lanes"
     lines = []
     for pair in args.sizes.split(","):
         n, p = (int(float(v)) for v in pair.lower().split("x"))
         batch = make_batch(n, p, device=device)
+        if args.late:
+            batch["logits"] = torch.where(batch["targets"] == 1, batch["logits"], batch["logits"] - 6.0)
         summary = []
         for name in losses:
-            fn = focal_call(batch) if name == "focal" else fast_call(name, batch)
+            fn = focal_call(batch) if name == "focal" else ghm_call(batch) if name == "ghm" else fast_call(name, batch)
             wall = wall_ms(fn, device)
             busy, table = profile_call(fn, device, args.top)
             summary.append(f"| {n:.0e} | {p} | {name} | {wall:.2f} | {busy:.2f} | {wall - busy:.2f} |")
-            lines += [f"## {name}, N = {n:.0e}, P = {p}: wall {wall:.2f} ms, busy {busy:.2f} ms", table]
+            lines += [f"## {name}, N = {n:.0e}, P = {p}, {setting}: wall {wall:.2f} ms, busy {busy:.2f} ms", table]
             print(lines[-2], flush=True)
-        lines += ["| N | P | loss | wall ms | busy ms | wall - busy |", "|---|---|---|---|---|---|", *summary, ""]
-        print("\n".join(lines[-len(summary) - 3:]), flush=True)
+        lines += [setting, "", "| N | P | loss | wall ms | busy ms | wall - busy |", "|---|---|---|---|---|---|",
+                  *summary, ""]
+        print("\n".join(lines[-len(summary) - 5:]), flush=True)
         del batch
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -54,10 +54,11 @@ def test_low_and_high_precision_inputs_match_float32(name, dtype, device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("n", [5000, 300_000])  # 300k x 4: the engine's interleaved accumulation
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_cuda_matches_cpu(name):
-    cpu = make("cpu")
-    gpu = make("cuda")
+def test_cuda_matches_cpu(name, n):
+    cpu = make("cpu", n=n)
+    gpu = make("cuda", n=n)
     x_cpu = cpu[0].double().requires_grad_(True)
     x_gpu = gpu[0].double().requires_grad_(True)
     a = LOSSES[name](x_cpu, cpu)
@@ -66,3 +67,31 @@ def test_cuda_matches_cpu(name):
     b.backward()
     torch.testing.assert_close(b.cpu(), a)
     torch.testing.assert_close(x_gpu.grad.cpu(), x_cpu.grad)
+
+
+@pytest.fixture
+def device_path():
+    """Run the operators a CUDA call runs, on the CPU (its own speed-ups off)."""
+    from detlosses.ranking.engine import set_cpu_fast_paths
+
+    set_cpu_fast_paths(False)
+    yield
+    set_cpu_fast_paths(True)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_device_path_matches_the_cpu_fast_path(name, request):
+    """The CUDA path (take look-ups, binary search) equals the CPU's (grid, float32 adjoint) on a batch
+    large enough for the CPU's bucketing grid; both are pinned to float64 references elsewhere."""
+    batch = make("cpu", seed=3, n=20_000)
+    results = []
+    for fast in (True, False):
+        if not fast:
+            request.getfixturevalue("device_path")
+        x = batch[0].clone().requires_grad_(True)
+        value = LOSSES[name](x, batch)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    (value, grad), (device_value, device_grad) = results
+    torch.testing.assert_close(device_value, value, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(device_grad, grad, rtol=1e-5, atol=1e-9)

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from detlosses.ranking import HingeKernels, Windows, control_point_kernel, smoothed_step, square_kernel
+from detlosses.ranking.engine import set_cpu_fast_paths
 from detlosses.ranking.kernels import PiecewisePolynomialKernel
 
 STEP_CLOSED = PiecewisePolynomialKernel((0.0,), ((0.0, 0.0, 0.0), (0.5, 0.0, 0.0)), closed_right=True)
@@ -45,12 +46,22 @@ def test_grid_bucketing_equals_binary_search_at_every_boundary(dtype, small_grid
 
 @given(
     bank=st.sampled_from(sorted(BANKS)),
+    fast=st.booleans(),
     p=st.integers(1, 40),
     n=st.integers(0, 300),
     seed=st.integers(0, 10_000),
     tied=st.booleans(),
 )
-def test_sums_and_adjoint_match_dense(bank, p, n, seed, tied):
+def test_sums_and_adjoint_match_dense(bank, fast, p, n, seed, tied):
+    """Both paths: the CPU's own (``fast``) and the operators a CUDA call runs."""
+    set_cpu_fast_paths(fast)
+    try:
+        _check_sums_and_adjoint(bank, p, n, seed, tied)
+    finally:
+        set_cpu_fast_paths(True)
+
+
+def _check_sums_and_adjoint(bank, p, n, seed, tied):
     kernels = BANKS[bank]
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(p, generator=g, dtype=torch.float64)
@@ -93,3 +104,28 @@ def test_kernel_validation():
         PiecewisePolynomialKernel((1.0, 0.0), ((0, 0, 0), (0, 0, 0), (0, 0, 0)))
     with pytest.raises(ValueError, match="constant below its first"):
         PiecewisePolynomialKernel((0.0,), ((0, 1, 0), (0, 0, 0)))
+
+
+@pytest.mark.parametrize("m", [64 * 157, 64 * 157 + 8, 64 * 157 + 1])  # 64, 8 and 1 lanes
+@pytest.mark.parametrize("bank", ["smoothed", "square"])
+def test_lane_accumulation_gives_the_same_sums(bank, m, monkeypatch):
+    """The device path's interleaved accumulation (many points) equals the dense sums, points left
+    out and points in one crowded bucket included."""
+    monkeypatch.setattr("detlosses.ranking.engine._LANES_MIN_POINTS", 1)
+    kernels = BANKS[bank]
+    g = torch.Generator().manual_seed(m)
+    q = torch.randn(30, generator=g, dtype=torch.float64)
+    x = torch.cat([torch.randn(m // 2, generator=g, dtype=torch.float64),
+                   torch.full((m - m // 2,), -50.0, dtype=torch.float64)])  # half below every window
+    keep = torch.rand(m, generator=g) < 0.9
+    set_cpu_fast_paths(False)
+    try:
+        windows = Windows(q, HingeKernels.of(*kernels))
+        sums = windows.query_sums([(windows.points(x, keep=keep), None)])
+    finally:
+        set_cpu_fast_paths(True)
+    if len(kernels) == 1:
+        sums = sums.unsqueeze(1)
+    for index, kernel in enumerate(kernels):
+        dense = kernel(x[None, :] - q[:, None]) * keep
+        torch.testing.assert_close(sums[:, index, 0], dense.sum(1), rtol=1e-10, atol=1e-10)

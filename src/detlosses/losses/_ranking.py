@@ -207,7 +207,8 @@ def _prepare(logits: Tensor, targets: Tensor, kernels: HingeKernels, context: Di
     sizes = context.gather_sizes(count, logits.device)
     if sum(sizes) == 0:
         return None
-    scores = flat_logits.to(working_dtype(logits.dtype))
+    dtype = working_dtype(logits.dtype)
+    scores = flat_logits if flat_logits.dtype == dtype else flat_logits.to(dtype)  # no operator when it is one
     positive_index = torch.nonzero_static(positive, size=count).view(-1)
     positive_scores = context.all_gather_variable(scores[positive_index], sizes)
     windows = Windows(positive_scores, kernels)
