@@ -57,6 +57,7 @@ class _StubGHM(torch.nn.Module):
     bins = 30
 
     def forward(self, pred, target, weight=None, **_):
+        self.last_counts = torch.zeros(self.bins, dtype=torch.float64, device=pred.device)
         return ((pred.float() - target.float()) ** 2 * (weight if weight is not None else 1)).mean()
 
 
@@ -143,7 +144,10 @@ def test_ghm_histogram_counts_the_valid_elements(fake):
     logits = batch.cls_logits.detach().reshape(-1, batch.num_classes)
     targets = batch.class_targets().reshape(-1, batch.num_classes)
     g = (torch.sigmoid(logits) - targets.clamp(min=0)).abs()[targets >= 0]
-    expected = torch.bincount((g * 30).long().clamp(0, 29), minlength=30).double()
+    # GHM-C's own bins (the released edges: last one 1 + 1e-6), the counts it weighted by
+    edges = torch.arange(31, dtype=torch.float32) / 30
+    edges[-1] += 1e-6
+    expected = torch.bincount(torch.bucketize(g, edges, right=True) - 1, minlength=30).double()
     assert torch.equal(criterion.histogram, expected)
 
 

@@ -42,7 +42,7 @@ brackets), and was reverted:
 * PAP's ``reg_weight`` not passed on (the preset's 4.1231 always) [pap, ``reg_weight=2``]; the soft
   IoU ``1 - 0.5 * giou_loss`` -> ``1 - giou_loss`` [pap];
 * GHM's bin normaliser: ignored anchors counted as valid (``targets >= -1``: GHM-C's ``tot`` and bin
-  counts) [ghm]; the histogram's bin index ``g * bins`` -> ``g * (bins - 1)`` [ghm]; ``reg_mu`` not
+  counts) [ghm]; the histogram accumulating GHM-C's EMA instead of the step's counts [ghm]; ``reg_mu`` not
   passed to GHM-R [ghm, non-default options];
 * IoU-balanced: ``eta=self.eta`` -> ``eta=self.lam`` [iou_balanced, ``eta != lam``]; the box term's
   IoU weights dropped (``ious ** 0``) [iou_balanced];

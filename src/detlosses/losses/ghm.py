@@ -37,7 +37,7 @@ from ._precision import full_precision
 from ._reduction import check_reduction
 from ._validation import check_finite, check_same_shape, check_tensor, fused_checks, validate_args_enabled
 
-__all__ = ["ghmc_loss", "ghmr_loss", "GHMC", "GHMR", "gradient_density_weights"]
+__all__ = ["ghmc_loss", "ghmr_loss", "GHMC", "GHMR", "gradient_bin_counts", "gradient_density_weights"]
 
 
 @functools.cache
@@ -46,6 +46,17 @@ def _bin_edges(bins: int, last: float, dtype: torch.dtype, device: torch.device)
     edges = torch.arange(bins + 1, dtype=torch.float32) / bins
     edges[-1] = last if last > 1.0 else edges[-1] + 1e-6
     return edges.to(device=device, dtype=dtype)
+
+
+def gradient_bin_counts(g: Tensor, valid: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
+    """Bin index of every element (``edges[b] <= g < edges[b + 1]``) and the number of valid elements
+    per bin (float64, exact; this process's elements only)."""
+    bins = edges.numel() - 1
+    index = (torch.bucketize(g, edges, right=True) - 1).clamp_(0, bins - 1)
+    # bin b counts the valid elements of index b: a histogram of unit-wide bins centred on the integers
+    # (float64: exact counts), invalid elements moved out of its range
+    counts = torch.histc(torch.where(valid, index, -1).to(torch.float64), bins=bins, min=-0.5, max=bins - 0.5)
+    return index, counts
 
 
 def gradient_density_weights(
@@ -58,18 +69,16 @@ def gradient_density_weights(
     momentum: float = 0.0,
     bias_correction: bool = False,
     context: DistributedContext | None = None,
+    binned: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Per-element GHM weights ``tot / density(bin) / n`` (0 for invalid elements).
 
     ``ema`` and ``updates`` (per-bin buffers) are updated in place when ``momentum > 0``. Under
     data parallelism (``context``) the bin counts are summed over the ranks (``tot`` must be the
-    union's), so every rank weights by the union's density and holds the same EMA.
+    union's), so every rank weights by the union's density and holds the same EMA. ``binned``: the
+    :func:`gradient_bin_counts` of ``g``, when already computed.
     """
-    bins = edges.numel() - 1
-    index = (torch.bucketize(g, edges, right=True) - 1).clamp_(0, bins - 1)
-    # bin b counts the valid elements of index b: a histogram of unit-wide bins centred on the integers
-    # (float64: exact counts), invalid elements moved out of its range
-    counts = torch.histc(torch.where(valid, index, -1).to(torch.float64), bins=bins, min=-0.5, max=bins - 0.5)
+    index, counts = binned if binned is not None else gradient_bin_counts(g, valid, edges)
     if context is not None:
         counts = context.all_reduce_sum(counts)
     non_empty = counts > 0
@@ -109,15 +118,19 @@ class _GHMBase(nn.Module):
         self.bias_correction = bool(bias_correction)
         self.register_buffer("ema", torch.zeros(bins, dtype=torch.float64))
         self.register_buffer("updates", torch.zeros(bins, dtype=torch.float64))
+        #: the last call's valid elements per bin (this process's, float64, on the device; detached)
+        self.last_counts: Tensor | None = None
 
     def _weights(self, g: Tensor, valid: Tensor, tot: Tensor, last_edge: float, context) -> Tensor:
         edges = _bin_edges(self.bins, last_edge, g.dtype, g.device)
+        binned = gradient_bin_counts(g, valid, edges)
+        self.last_counts = binned[1]
         if self.momentum > 0.0 and self.training:
             return gradient_density_weights(
-                g, valid, tot, edges, self.ema, self.updates, self.momentum, self.bias_correction, context
+                g, valid, tot, edges, self.ema, self.updates, self.momentum, self.bias_correction, context, binned
             )
         # Evaluation mode leaves the EMA untouched and weights by the batch's own histogram.
-        return gradient_density_weights(g, valid, tot, edges, context=context)
+        return gradient_density_weights(g, valid, tot, edges, context=context, binned=binned)
 
     def _reduce(self, loss: Tensor, weights: Tensor, tot: Tensor, reduction_override: str | None,
                 context: DistributedContext) -> Tensor:

@@ -295,11 +295,8 @@ class GHMCriterion(DetectionCriterion):
         else:
             deltas = batch.positive_deltas
             box = self.ghmr(deltas, batch.positive_target_deltas().to(deltas.dtype), torch.ones_like(deltas))
-        if self.training:
-            with torch.no_grad():  # counts of the valid elements per bin, on the device (no bincount/mask sync)
-                g = (torch.sigmoid(logits.detach().float()) - targets.clamp(min=0)).abs()
-                index = (g * self.ghmc.bins).long().clamp_(0, self.ghmc.bins - 1)
-                self.histogram.index_add_(0, index.reshape(-1), valid.reshape(-1).to(self.histogram.dtype))
+        if self.training:  # the counts GHM-C weighted by (this process's), added on the device
+            self.histogram += self.ghmc.last_counts.to(self.histogram.dtype)
         return {"loss": cls + box, "loss_cls": cls, "loss_box": box}
 
     def histogram_edges(self) -> list[float]:
