@@ -42,7 +42,7 @@ def _alrp_formula(errors: Tensor, delta: float, eps: float, loc_dtype: torch.dty
     self_term = smoothed_step(delta).value_at(0.0)
 
     def formula(batch: RankingBatch) -> RankingGradients:
-        weights = torch.stack([torch.ones_like(errors), errors], 1)
+        weights = torch.linalg.vander(errors, N=2)  # (P, 2): [1, e_k]
         false_positives, rank_pos, errors_above = batch.sums(weights)
         rank = (rank_pos + false_positives).add_(1.0 - self_term)
         share = torch.div(1.0 / batch.num_positives, rank)  # 1 / (|P| rank(i))
@@ -53,9 +53,11 @@ def _alrp_formula(errors: Tensor, delta: float, eps: float, loc_dtype: torch.dty
             passed.mul_(batch.context.gradient_scale)
         # localisation: L_loc = sum_k e_k d_k, d_k the sum of 1 / (|P| rank) over k and every positive
         # after it in descending logit order (ties in targets.flatten() order)
-        order = torch.argsort(batch.positive_scores, descending=True, stable=True)
-        after = share[order].flip(0).cumsum(0).flip(0)
-        coefficients = after.scatter(0, order, after)  # back to the positives' order (a permutation)
+        # cumulated from the last in that order: reversed[k] sums the shares of every positive from
+        # reversed_order[k] on, and goes back to that positive (a permutation)
+        reversed_order = torch.argsort(batch.positive_scores, descending=True, stable=True).flip(0)
+        reversed_sums = share[reversed_order].cumsum(0)
+        coefficients = reversed_sums.scatter(0, reversed_order, reversed_sums)
         dtype = batch.scores.dtype
         return RankingGradients(
             values=[(false_positives / rank).mean(dtype=dtype), torch.dot(errors, coefficients).to(loc_dtype)],

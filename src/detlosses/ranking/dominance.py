@@ -23,8 +23,9 @@ from .kernels import PiecewisePolynomialKernel
 
 __all__ = ["Dominance", "dominance_sums", "dominance_adjoint"]
 
-# Elements of one block of the P x P pair matrix (float64): 32 MiB.
-_BLOCK_ELEMENTS = 1 << 22
+# Elements of one block of the P x P pair matrix (float64): 128 MiB, one block up to 4096 positives
+# (each block is a few more operators).
+_BLOCK_ELEMENTS = 1 << 24
 
 
 class Dominance:

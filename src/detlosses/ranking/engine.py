@@ -199,11 +199,14 @@ class PointSet:
             rows.append(self.values * self.values)
         return rows
 
-    def powers(self, degree: int) -> Tensor:
-        """``(deg + 1, M)``: the rows ``1, x, x^2, ...`` as one tensor."""
+    def powers(self, degree: int, *shape: int) -> Tensor:
+        """``(deg + 1, M)``: the rows ``1, x, x^2, ...`` as one tensor; ``(deg + 1, *shape)`` with the
+        points viewed as ``shape``."""
         if degree == 1:  # the row of ones as padding: two operators
-            return torch.nn.functional.pad(self.values.unsqueeze(0), (0, 0, 1, 0), value=1.0)
-        return torch.stack(self.power_rows(degree))
+            values = self.values.view(1, *shape) if shape else self.values.unsqueeze(0)
+            return torch.nn.functional.pad(values, (0, 0) * (values.dim() - 1) + (1, 0), value=1.0)
+        rows = torch.stack(self.power_rows(degree))
+        return rows.view(-1, *shape) if shape else rows
 
 
 class Windows:
@@ -341,7 +344,7 @@ class Windows:
         j, rows = degree + 1, m // lanes
         wide = table.new_zeros(j, table.shape[1], lanes)
         wide.scatter_add_(1, points.buckets.view(1, rows, lanes).expand(j, rows, lanes),
-                          points.powers(degree).view(j, rows, lanes))
+                          points.powers(degree, rows, lanes))
         torch.sum(wide, 2, out=table)
 
     # ------------------------------------------------------------------ adjoint sums
