@@ -145,41 +145,38 @@ class HingeKernels:
 
 @dataclass(frozen=True)
 class _KernelTensors:
-    offsets: Tensor  # (m,) breakpoints in the score dtype
-    closed: Tensor | None  # (m,) bool, None when no breakpoint is closed
+    offsets: Tensor  # (m, 1) breakpoints in the score dtype
+    closed: Tensor | None  # (m, 1) bool, None when no breakpoint is closed
     all_closed: bool
-    expansion: Tensor  # (deg+1, deg+1, m, K): beta_j = sum_q (-e)^q expansion[q, j]
+    # per power q of the negated edge -e = -(q_i + a_r): E_q[k, j, r, 0] (K = 1: E_q[j, r, 0]), the
+    # coefficient of x^j in kernel k's polynomial above edge r is beta_j = sum_q (-e)^q E_q[.., j, r]
+    power_coefficients: tuple[Tensor, ...]
     base: Tensor  # (K,) float64
     minus_infinity: Tensor  # () in the score dtype, for nextafter
-    negated_offsets64: Tensor  # (m,) float64
-
-    def kernel_expansion(self, kernel: int) -> Tensor:
-        """:attr:`expansion` of one kernel, ``(..., m, 1)`` (cached)."""
-        cache = self.__dict__.setdefault("_selected", {})
-        if kernel not in cache:
-            cache[kernel] = self.expansion[..., [kernel]].contiguous()
-        return cache[kernel]
+    negated_offsets64: Tensor  # (m, 1) float64
 
 
 @cache
 def _kernel_tensors(kernels: HingeKernels, dtype: torch.dtype, device: torch.device) -> _KernelTensors:
     degree = kernels.degree
     m, k = len(kernels.breakpoints), kernels.num_kernels
-    expansion = torch.zeros(degree + 1, degree + 1, m, k, dtype=torch.float64)
+    expansion = torch.zeros(degree + 1, k, degree + 1, m, 1, dtype=torch.float64)  # [q, k, j, r]
     for r, row in enumerate(kernels.alpha):
         for power in range(degree + 1):
             for j in range(power + 1):
                 # alpha_p (x - e)^p = sum_j C(p, j) x^j (-e)^(p - j)
-                expansion[power - j, j, r] += math.comb(power, j) * torch.tensor(row[power], dtype=torch.float64)
-    closed = torch.tensor(kernels.closed, dtype=torch.bool)
+                expansion[power - j, :, j, r, 0] += math.comb(power, j) * torch.tensor(row[power], dtype=torch.float64)
+    if k == 1:
+        expansion = expansion.squeeze(1)
+    closed = torch.tensor(kernels.closed, dtype=torch.bool)[:, None]
     return _KernelTensors(
-        offsets=torch.tensor(kernels.breakpoints, dtype=dtype, device=device),
+        offsets=torch.tensor(kernels.breakpoints, dtype=dtype, device=device)[:, None],
         closed=closed.to(device) if bool(closed.any()) and not bool(closed.all()) else None,
         all_closed=bool(closed.all()),
-        expansion=expansion.to(device),
+        power_coefficients=tuple(e.to(device) for e in expansion.unbind(0)),
         base=torch.tensor(kernels.base, dtype=torch.float64, device=device),
         minus_infinity=torch.tensor(-math.inf, dtype=dtype, device=device),
-        negated_offsets64=-torch.tensor(kernels.breakpoints, dtype=torch.float64, device=device),
+        negated_offsets64=-torch.tensor(kernels.breakpoints, dtype=torch.float64, device=device)[:, None],
     )
 
 
@@ -220,8 +217,7 @@ class Windows:
     def __init__(self, queries: Tensor, kernels: HingeKernels) -> None:
         self.kernels = kernels
         self.tables = kernels.tensors(queries.dtype, queries.device)
-        column = queries.unsqueeze(1)
-        edges = column + self.tables.offsets  # (P, m)
+        edges = torch.add(self.tables.offsets, queries)  # (m, P): edge (r, i) is a_r + q_i
         # "x above a closed edge e" is "x >= e", i.e. "x > e - 1 ulp" for scores of this dtype
         if self.tables.all_closed:
             edges = torch.nextafter(edges, self.tables.minus_infinity)
@@ -233,10 +229,15 @@ class Windows:
         # T(e) = #(edges <= e). The moments above e are a suffix over the buckets: a cumulative sum
         # of the flipped table (rows L..0) read at L - T(e).
         self.above_index = torch.rsub(torch.searchsorted(self.sorted_edges, edges, right=True), self.num_edges)
-        # powers of the exact negated edges -(q_i + a_r), float64 (the float32 scores promote
-        # exactly): (P, m, deg + 1)
-        self.edge_powers = torch.linalg.vander(torch.sub(self.tables.negated_offsets64, column),
-                                               N=kernels.degree + 1)
+        # each edge's polynomial in x above it, by Horner in the exact negated edge -(q_i + a_r)
+        # (float64; the float32 scores promote exactly): beta[(k,) j, r, i], the coefficient of x^j
+        negated = torch.sub(self.tables.negated_offsets64, queries)
+        coefficients = self.tables.power_coefficients
+        beta = coefficients[-1]
+        for power in range(len(coefficients) - 2, -1, -1):
+            beta = torch.addcmul(coefficients[power], negated, beta)
+        self.beta = beta
+        self._betas: tuple[Tensor, ...] | None = None
         self._grid: tuple[Tensor, Tensor, Tensor, int] | None = None
 
     # ------------------------------------------------------------------ points
@@ -289,8 +290,6 @@ class Windows:
         return self._grid
 
     # ------------------------------------------------------------------ forward sums
-    # Kernel k's polynomial above edge (i, r) in powers x^j is
-    # beta[i, r, j, k] = sum_q edge_powers[i, r, q] expansion[q, j, r, k].
 
     def query_sums(self, point_sets: Sequence[tuple[PointSet, Tensor | None]]) -> Tensor:
         """``F[i, k, c] = sum_j w_jc K_k(x_j - q_i)`` for every point set (channels ``c`` concatenated).
@@ -324,8 +323,7 @@ class Windows:
         # moments of the points above each edge (suffix sums over the buckets), (C, J, P, m)
         above = table.flip(-1).cumsum(-1)[..., self.above_index]
         single = self.kernels.num_kernels == 1
-        equation = "cjir,irq,qjrk->ic" if single else "cjir,irq,qjrk->ikc"
-        sums = torch.einsum(equation, above, self.edge_powers, self.tables.expansion)
+        sums = torch.einsum("cjri,jri->ic" if single else "cjri,kjri->ikc", above, self.beta)
         if any(b != 0.0 for b in self.kernels.base):  # base * the weight of every point taking part
             totals = torch.cat([(points.values.new_tensor([points.values.numel()]) if points.keep is None
                                  else points.keep.sum(0, keepdim=True).to(torch.float64))
@@ -372,13 +370,19 @@ class Windows:
             sums.mul_(deviation).add_(torch.take(columns[power], points.buckets))
         return sums
 
+    def _kernel_beta(self, kernel: int) -> Tensor:
+        """:attr:`beta` of one kernel (several kernels: split once per call)."""
+        if self._betas is None:
+            self._betas = self.beta.unbind(0)
+        return self._betas[kernel]
+
     def point_sums(self, points: PointSet, coefficients: Tensor, kernel: int = 0) -> Tensor:
         """``G_j = sum_i c_i K_kernel(x_j - q_i)`` for every point (0 for points left out), ``(M,)``:
         float64, or float32 for float32 scores on the CPU's fast path."""
-        expansion = self.tables.expansion if self.kernels.num_kernels == 1 else self.tables.kernel_expansion(kernel)
+        beta = self.beta if self.kernels.num_kernels == 1 else self._kernel_beta(kernel)
         # per-edge polynomials in x (one row per power), in sorted edge order, cumulated: bucket b
         # has the b lowest edges below it (bucket 0, and the points left out: none); (J, L + 1)
-        per_edge = torch.einsum("irq,qjrk,i->jir", self.edge_powers, expansion, coefficients)
+        per_edge = beta * coefficients  # (J, m, P)
         cumulative = per_edge.reshape(per_edge.shape[0], self.num_edges).index_select(1, self.order).cumsum(1)
         table = torch.nn.functional.pad(cumulative, (1, 0))
         base = self.kernels.base[kernel]
