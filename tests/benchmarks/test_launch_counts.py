@@ -44,29 +44,29 @@ BUDGETS = {"ap": (80, 2), "alrp": (80, 2), "rank_sort": (150, 2), "pap": (150, 3
 # Before the lean engine (same harness): ap 331/9, alrp 418/11, rank_sort 458/9, pap 856/29, ghm 67/5.
 PINNED = {
     "focal": (34, 0),
-    "ap": (63, 1),
-    "alrp": (78, 1),
-    "rank_sort": (102, 1),
+    "ap": (62, 1),
+    "alrp": (77, 1),
+    "rank_sort": (101, 1),
     "pap": (142, 1),
     "ghm": (65, 1),
 }
 PINNED_NO_VALIDATION = {
     "focal": (34, 0),
-    "ap": (59, 1),
-    "alrp": (73, 1),
-    "rank_sort": (98, 1),
+    "ap": (58, 1),
+    "alrp": (72, 1),
+    "rank_sort": (97, 1),
     "pap": (137, 1),
     "ghm": (56, 0),
 }
 # from 2^20 points on (CUDA path), the negatives' moments are accumulated in interleaved lanes: four
 # operators more (a wide table, two views of the buckets, its sum)
-PINNED_LANES = {"ap": (67, 1), "alrp": (82, 1), "rank_sort": (106, 1), "pap": (146, 1)}
+PINNED_LANES = {"ap": (66, 1), "alrp": (81, 1), "rank_sort": (105, 1), "pap": (146, 1)}
 # (4, 5_000, 5)-shaped inputs instead of flat ones: one reshape per input and one view of the
 # gradient more
-PINNED_3D = {"ap": (66, 1), "alrp": (81, 1), "rank_sort": (105, 1), "pap": (145, 1)}
+PINNED_3D = {"ap": (65, 1), "alrp": (80, 1), "rank_sort": (104, 1), "pap": (145, 1)}
 # the CPU as it runs by default (its own speed-ups, detlosses.ranking.engine.set_cpu_fast_paths):
 # the bucketing grid adds operators and a CPU-side compaction (no device read on the CPU)
-PINNED_CPU_FAST = {"ap": (108, 2), "alrp": (121, 2), "rank_sort": (145, 2), "pap": (209, 2)}
+PINNED_CPU_FAST = {"ap": (107, 2), "alrp": (120, 2), "rank_sort": (144, 2), "pap": (209, 2)}
 
 @functools.cache
 def _batch():
