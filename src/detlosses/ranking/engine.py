@@ -60,12 +60,13 @@ _CPU_FAST_PATHS = True
 def set_cpu_fast_paths(enabled: bool) -> None:
     """Use the CPU's own speed-ups (default) or not.
 
-    On the CPU a binary search per point and a row gather are memory-latency bound, so for large
-    batches the engine buckets with a uniform grid (about 30 more small operators and a compaction
-    of the points that fall in a cell holding an edge — no host synchronisation on the CPU) and
-    evaluates the adjoint with one ``take`` per polynomial power instead of one row gather. Both are
-    exact. With them off, a CPU call runs exactly the operators a CUDA call runs (what
-    ``benchmarks.launches`` counts as the device path).
+    On the CPU a binary search per point is memory-latency bound, so for large batches the engine
+    buckets with a uniform grid (about 30 more small operators and a compaction of the points that
+    fall in a cell holding an edge — no host synchronisation on the CPU), and it evaluates the
+    adjoint in float32 about each bucket's lower edge with ``index_select`` look-ups (CUDA: float64
+    with ``take``, which is fast there and 3x slower on the CPU). Both are exact. With them off, a
+    CPU call runs exactly the operators a CUDA call runs (what ``benchmarks.launches`` counts as the
+    device path).
     """
     global _CPU_FAST_PATHS
     _CPU_FAST_PATHS = bool(enabled)
@@ -264,7 +265,7 @@ class Windows:
         # CPU: a uniform grid answers most points with one multiply-add and one look-up; points in a
         # cell that holds an edge are finished by binary search (exact either way).
         scale, low, base, top = self._grid_tables(scores.numel())
-        buckets = torch.take(base, self._cells(scores, low, scale, top))
+        buckets = base.index_select(0, self._cells(scores, low, scale, top))  # 3x take's speed on the CPU
         dirty = (buckets < 0).nonzero().squeeze(1)
         buckets[dirty] = torch.searchsorted(self.sorted_edges, scores[dirty])
         return buckets
@@ -349,7 +350,8 @@ class Windows:
     def _cpu_point_sums(self, table: Tensor, points: PointSet) -> Tensor:
         """The CPU's evaluation of ``G`` (``table``: ``(J, L + 1)`` polynomials in ``x``, float64).
 
-        Horner in place (few large arrays to allocate). For float32 scores it runs in float32 about
+        Horner in place (few large arrays to allocate); 1-D ``index_select`` look-ups (about 3x
+        ``take``'s speed on the CPU). For float32 scores it runs in float32 about
         each bucket's lower edge ``r_b``, ``G = sum_j B_j (x - r_b)^j`` with ``B`` re-expanded in
         float64: exact to float32 rounding, half the memory traffic.
         """
@@ -364,10 +366,10 @@ class Windows:
             else:
                 columns = [a[0] + (a[1] + a[2] * r) * r, a[1] + 2.0 * a[2] * r, a[2]]
             columns = torch.stack(columns).to(torch.float32).unbind(0)
-            deviation = torch.take(reference, points.buckets).neg_().add_(points.scores)
-        sums = torch.take(columns[-1], points.buckets)
+            deviation = reference.index_select(0, points.buckets).neg_().add_(points.scores)
+        sums = columns[-1].index_select(0, points.buckets)
         for power in range(len(columns) - 2, -1, -1):
-            sums.mul_(deviation).add_(torch.take(columns[power], points.buckets))
+            sums.mul_(deviation).add_(columns[power].index_select(0, points.buckets))
         return sums
 
     def _kernel_beta(self, kernel: int) -> Tensor:
