@@ -42,7 +42,7 @@ The counts are those of the **device path**: the operators a CUDA call runs. On 
 engine also has its own speed-ups (:func:`detlosses.ranking.engine.set_cpu_fast_paths`): large
 batches (N >= 32k) are bucketed with a uniform grid (about 30 more small operators and a compaction
 ``nonzero`` that on the CPU reads nothing from a device) and the adjoint is evaluated in float32
-with one ``index_select`` per power; the last column counts that CPU path as it runs by default. The leaves and
+with one ``take`` per power; the last column counts that CPU path as it runs by default. The leaves and
 incoming gradients are made outside the measured call, so harness operators are not counted beyond
 autograd's accumulation of each leaf's gradient.
 
