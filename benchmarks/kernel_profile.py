@@ -79,27 +79,10 @@ def profile_call(fn, device: torch.device, top: int) -> tuple[float, str]:
     return busy_us / 1e3, table
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000000x1000", help="comma-separated NxP pairs")
-    parser.add_argument("--losses", default=",".join(LOSSES))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--out", type=Path, help="also write the report here")
-    parser.add_argument("--late", action="store_true",
-                        help="late-training logits: the negatives 6 lower (below every positive's window)")
-    parser.add_argument("--lanes", type=int,
-                        help="the engine's accumulation lanes (1: one table; default: the engine's)")
-    args = parser.parse_args(argv)
-    losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
-    if args.lanes is not None:
-        if args.lanes < 1:
-            parser.error("--lanes must be >= 1")
-        engine._LANES = args.lanes
+def _report(args: argparse.Namespace, losses: tuple[str, ...], device: torch.device) -> list[str]:
     setting = f"{'late' if args.late else 'early'}-training logits, {engine._LANES} accumulation lanes"
     lines = []
-    for pair in args.sizes.split(","):
-        n, p = (int(float(v)) for v in pair.lower().split("x"))
+    for n, p in args.pairs:
         batch = make_batch(n, p, device=device)
         if args.late:
             batch["logits"] = torch.where(batch["targets"] == 1, batch["logits"], batch["logits"] - 6.0)
@@ -117,6 +100,37 @@ def main(argv: list[str] | None = None) -> int:
         del batch
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000000x1000", help="comma-separated NxP pairs")
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--out", type=Path, help="also write the report here")
+    parser.add_argument("--late", action="store_true",
+                        help="late-training logits: the negatives 6 lower (below every positive's window)")
+    parser.add_argument("--lanes", type=int,
+                        help="the engine's accumulation lanes (1: one table; default: the engine's)")
+    args = parser.parse_args(argv)
+    losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
+    if args.lanes is not None and args.lanes < 1:
+        parser.error("--lanes must be >= 1")
+    try:
+        args.pairs = [tuple(int(float(v)) for v in pair.lower().split("x", 1)) for pair in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated NxP pairs such as 1000000x1000, got {args.sizes!r}")
+    if any(len(pair) != 2 or pair[0] < 1 or not 1 <= pair[1] <= pair[0] for pair in args.pairs):
+        parser.error(f"--sizes: every pair needs 1 <= P <= N, got {args.sizes!r}")
+    lanes = engine._LANES
+    if args.lanes is not None:
+        engine._LANES = args.lanes
+    try:
+        lines = _report(args, losses, device)
+    finally:
+        engine._LANES = lanes  # the engine's setting is process-wide: put it back
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")

@@ -398,7 +398,10 @@ def parse_losses_and_device(parser: argparse.ArgumentParser, losses_text: str, d
     unknown = set(losses) - set(known)
     if unknown:
         parser.error(f"unknown losses {sorted(unknown)}; choose from {known}")
-    device = torch.device(device_text)
+    try:
+        device = torch.device(device_text)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device must be cpu or cuda[:index], got {device_text!r}")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda, got {device_text!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
