@@ -10,7 +10,7 @@ runs under ``torch.profiler``. Printed per call:
 * the ``--top`` operators by device time (CPU: self CPU time).
 
 ``--late`` moves the negatives below every positive's window (late training: one crowded bucket);
-``--lanes`` sets the engine's accumulation lanes (1: one table, atomic adds on its buckets).
+``--lanes`` caps the engine's accumulation lanes (1: one table, atomic adds on its buckets).
 
 It explains the numbers of :mod:`benchmarks.launches` and :mod:`benchmarks.losses`; nothing is
 asserted. Usage::
@@ -80,7 +80,7 @@ def profile_call(fn, device: torch.device, top: int) -> tuple[float, str]:
 
 
 def _report(args: argparse.Namespace, losses: tuple[str, ...], device: torch.device) -> list[str]:
-    setting = f"{'late' if args.late else 'early'}-training logits, {engine._LANES} accumulation lanes"
+    setting = f"{'late' if args.late else 'early'}-training logits, at most {engine._LANES} accumulation lanes"
     lines = []
     for n, p in args.pairs:
         batch = make_batch(n, p, device=device)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--late", action="store_true",
                         help="late-training logits: the negatives 6 lower (below every positive's window)")
     parser.add_argument("--lanes", type=int,
-                        help="the engine's accumulation lanes (1: one table; default: the engine's)")
+                        help="the most accumulation lanes the engine may use (1: one table; default: the engine's)")
     args = parser.parse_args(argv)
     losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
     if args.lanes is not None and args.lanes < 1:

@@ -106,7 +106,7 @@ def test_kernel_validation():
         PiecewisePolynomialKernel((0.0,), ((0, 1, 0), (0, 0, 0)))
 
 
-@pytest.mark.parametrize("m", [64 * 157, 64 * 157 + 8, 64 * 157 + 1])  # 64, 8 and 1 lanes
+@pytest.mark.parametrize("m", [1024 * 13, 64 * 157, 64 * 157 + 8, 64 * 157 + 1])  # 1024, 64, 8 and 1 lanes (L = 60)
 @pytest.mark.parametrize("bank", ["smoothed", "square"])
 def test_lane_accumulation_gives_the_same_sums(bank, m, monkeypatch):
     """The device path's interleaved accumulation (many points) equals the dense sums, points left
@@ -129,3 +129,19 @@ def test_lane_accumulation_gives_the_same_sums(bank, m, monkeypatch):
     for index, kernel in enumerate(kernels):
         dense = kernel(x[None, :] - q[:, None]) * keep
         torch.testing.assert_close(sums[:, index, 0], dense.sum(1), rtol=1e-10, atol=1e-10)
+
+
+def test_accumulation_lanes_divide_the_points_and_keep_the_copies_small():
+    from detlosses.ranking.engine import _accumulation_lanes
+
+    big = 1 << 21
+    assert _accumulation_lanes(1 << 19, 122) == 1  # few points: one table
+    assert _accumulation_lanes(big, 2 * 61) == 1024  # few edges: the most copies
+    assert _accumulation_lanes(big, 2 * 8001) == 64  # P = 4000 (the H100 measurement): 64 copies, 8 MiB
+    assert _accumulation_lanes(big, 2 * 2001) == 256
+    assert _accumulation_lanes(big + 8, 2 * 61) == 8  # the largest power of two dividing the points
+    assert _accumulation_lanes(big + 4, 2 * 61) == 1  # fewer than 8: one table
+    assert _accumulation_lanes(big, 1 << 20) == 1  # a table too large to copy
+    for points, table in ((big, 122), (big, 16002), (3 * big, 4002), (big + 8, 122)):
+        lanes = _accumulation_lanes(points, table)
+        assert points % lanes == 0 and (lanes == 1 or lanes * table <= 1 << 20)

@@ -85,8 +85,21 @@ _GRID_MAX_CELLS = 1 << 21
 # `lanes` interleaved copies of the table (point j into copy j mod lanes), then summed: atomic adds
 # of many points into one bucket (all points below every window late in training, or a dense
 # score region early on) are spread over that many addresses instead of serialising on one.
+# Measured on an H100 (AP-Loss, N = 1e8, P = 4000, where the cap below allows 64 copies): 22 -> 13 ms
+# early in training, 328 -> 38 ms with every negative in one bucket. Lanes are a power of two that
+# divides the number of points, at most _LANES, and the copies stay within _LANES_TABLE_ELEMENTS
+# float64 values (8 MiB: resident in the GPU's L2), so fewer positives get more copies.
 _LANES_MIN_POINTS = 1 << 20
-_LANES = 64
+_LANES = 1024
+_LANES_TABLE_ELEMENTS = 1 << 20
+
+
+def _accumulation_lanes(points: int, table_elements: int) -> int:
+    """Interleaved copies of a ``table_elements`` table for ``points`` points (1: the table alone)."""
+    lanes = math.gcd(points, _LANES) if points >= _LANES_MIN_POINTS else 1
+    while lanes > 1 and lanes * table_elements > _LANES_TABLE_ELEMENTS:
+        lanes //= 2
+    return lanes if lanes >= 8 else 1
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -345,8 +358,8 @@ class Windows:
     def _accumulate(table: Tensor, points: PointSet, degree: int) -> None:
         """``table[j, b] += sum of x^j over the points in bucket b`` (``table``: ``(J, L + 1)``)."""
         m = points.buckets.shape[0]
-        lanes = math.gcd(m, _LANES) if m >= _LANES_MIN_POINTS else 1
-        if lanes < 8:
+        lanes = _accumulation_lanes(m, table.numel())
+        if lanes == 1:
             table.index_add_(1, points.buckets, points.powers(degree))
             return
         j, rows = degree + 1, m // lanes
