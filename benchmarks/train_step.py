@@ -77,7 +77,7 @@ def step_time(loss: str, args: argparse.Namespace, device: torch.device,
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
     images, targets = batch
 
-    def step() -> float:
+    def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             losses = model(images, targets)

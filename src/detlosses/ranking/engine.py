@@ -65,9 +65,8 @@ def set_cpu_fast_paths(enabled: bool) -> None:
     fall in a cell holding an edge — no host synchronisation on the CPU), and it evaluates the
     adjoint in float32 about each bucket's lower edge (half the memory traffic; CUDA: float64).
     Rank & Sort's pairs of positives go in blocks of 2^22 pairs on the CPU (2^24 otherwise: fewer
-    operators, larger temporaries). All are exact. With them off, a
-    CPU call runs exactly the operators a CUDA call runs (what ``benchmarks.launches`` counts as the
-    device path).
+    operators, larger temporaries). All are exact. With them off, a CPU call runs exactly the
+    operators a CUDA call runs (what ``benchmarks.launches`` counts as the device path).
     """
     global _CPU_FAST_PATHS
     _CPU_FAST_PATHS = bool(enabled)
@@ -343,7 +342,7 @@ class Windows:
             source = torch.einsum("mc,jm->cjm", weights, points.powers(degree))
             table.narrow(0, start, weights.shape[1]).index_add_(2, points.buckets, source)
             start += weights.shape[1]
-        # moments of the points above each edge (suffix sums over the buckets), (C, J, P, m)
+        # moments of the points above each edge (suffix sums over the buckets), (C, J, m, P)
         above = table.flip(-1).cumsum(-1)[..., self.above_index]
         single = self.kernels.num_kernels == 1
         sums = torch.einsum("cjri,jri->ic" if single else "cjri,kjri->ikc", above, self.beta)
@@ -373,8 +372,8 @@ class Windows:
         """The CPU's evaluation of ``G`` (``table``: ``(J, L + 1)`` polynomials in ``x``, float64).
 
         Horner in place (few large arrays to allocate), one ``take`` per power. For float32 scores it
-        runs in float32 about each bucket's lower edge ``r_b``, ``G = sum_j B_j (x - r_b)^j`` with ``B`` re-expanded in
-        float64: exact to float32 rounding, half the memory traffic.
+        runs in float32 about each bucket's lower edge ``r_b``, ``G = sum_j B_j (x - r_b)^j`` with
+        ``B`` re-expanded in float64: exact to float32 rounding, half the memory traffic.
         """
         if points.scores is None or points.scores.dtype != torch.float32:
             columns, deviation = table.unbind(0), points.values
