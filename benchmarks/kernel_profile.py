@@ -29,7 +29,15 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import detlosses
-from benchmarks.losses import fast_call, focal_call, make_batch, parse_losses_and_device, synchronize
+from benchmarks.losses import (
+    add_cuda_graphs_switch,
+    apply_cuda_graphs_switch,
+    fast_call,
+    focal_call,
+    make_batch,
+    parse_losses_and_device,
+    synchronize,
+)
 from detlosses.ranking import engine
 
 LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm")
@@ -114,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="late-training logits: the negatives 6 lower (below every positive's window)")
     parser.add_argument("--lanes", type=int,
                         help="the most accumulation lanes the engine may use (1: one table; default: the engine's)")
+    add_cuda_graphs_switch(parser)
     args = parser.parse_args(argv)
+    apply_cuda_graphs_switch(args)
     losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
     if args.lanes is not None and args.lanes < 1:
         parser.error("--lanes must be >= 1")

@@ -89,6 +89,8 @@ from torchvision.ops import sigmoid_focal_loss
 import detlosses
 from benchmarks.losses import (
     _leaf,
+    add_cuda_graphs_switch,
+    apply_cuda_graphs_switch,
     device_description,
     focal_call,
     make_batch,
@@ -577,11 +579,13 @@ def main(argv: list[str] | None = None) -> int:
                         " on a fake RetinaNet batch: assignment + criterion + backward")
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
+    add_cuda_graphs_switch(parser)
     args = parser.parse_args(argv)
+    graphs = apply_cuda_graphs_switch(args)
     losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
     if "focal" not in losses and device.type == "cuda":
         print("note: times are relative to focal loss, measured anyway", file=sys.stderr)
-    print(f"torch {torch.__version__}, {device} ({device_description(device)}); one warm forward + backward "
+    print(f"torch {torch.__version__}, {device} ({device_description(device)}, {graphs}); one warm forward + backward "
           "call per loss; counts with input validation on and off (detlosses.set_validate_args)")
     print("\n".join(header(device.type == "cuda")))
     result = run(parse_sizes(args.sizes), losses, device, args.repeats)

@@ -409,6 +409,20 @@ def parse_losses_and_device(parser: argparse.ArgumentParser, losses_text: str, d
     return losses, device
 
 
+def add_cuda_graphs_switch(parser: argparse.ArgumentParser) -> None:
+    """``--no-cuda-graphs``: time the ranking losses' eager path on CUDA (see :func:`apply_cuda_graphs_switch`)."""
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="run the ranking losses eagerly on CUDA (detlosses.set_cuda_graphs(False))")
+
+
+def apply_cuda_graphs_switch(args: argparse.Namespace) -> str:
+    """Apply ``--no-cuda-graphs``; returns the words for the header line."""
+    import detlosses
+
+    detlosses.set_cuda_graphs(not args.no_cuda_graphs)
+    return "CUDA graphs off" if args.no_cuda_graphs else "CUDA graphs on"
+
+
 def write_outputs(result: dict, json_path: Path | None, markdown_path: Path | None, to_markdown) -> None:
     """Write the records as JSON and the table as Markdown where asked (folders created)."""
     for path, text in ((json_path, lambda: json.dumps(result, indent=2) + "\n"),
@@ -430,13 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    add_cuda_graphs_switch(parser)
     args = parser.parse_args(argv)
+    graphs = apply_cuda_graphs_switch(args)
     if args.memory_probe:
         _run_memory_probe(args.memory_probe)
         return 0
     losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
     where = device_description(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {device} ({where}); times are forward+backward medians")
+    print(f"torch {torch.__version__}, {device} ({where}, {graphs}); times are forward+backward medians")
     print(HEADER)
     print("|" + "---|" * 11)
     result = run(args.sizes, losses, args.repeats, not args.no_loop, device)

@@ -35,7 +35,14 @@ from pathlib import Path
 import torch
 
 import detlosses
-from benchmarks.losses import device_description, parse_losses_and_device, synchronize, write_outputs
+from benchmarks.losses import (
+    add_cuda_graphs_switch,
+    apply_cuda_graphs_switch,
+    device_description,
+    parse_losses_and_device,
+    synchronize,
+    write_outputs,
+)
 from detlosses.models import DetectorConfig, build_detector, build_model_criterion
 
 LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm", "iou_balanced")
@@ -133,7 +140,8 @@ def run(args: argparse.Namespace, losses: tuple[str, ...], device: torch.device)
 def to_markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"RetinaNet {s['backbone']}-FPN, {s['image_size']} px, batch {s['batch']}, {s['classes']} classes, "
-             f"{s['boxes_per_image']} boxes per image, precision {s['precision']}; {result['device']}, "
+             f"{s['boxes_per_image']} boxes per image, precision {s['precision']}; {result['device']}"
+             f"{'' if s.get('cuda_graphs', True) else ' (CUDA graphs off)'}, "
              f"torch {result['torch']}; median of {s['repeats']} steps after {s['warmup']}.",
              "", "| loss | step ms (median) | min | max | vs focal |", "|---|---|---|---|---|"]
     for r in result["records"]:
@@ -158,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
+    add_cuda_graphs_switch(parser)
     args = parser.parse_args(argv)
+    apply_cuda_graphs_switch(args)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -170,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if "focal" not in losses:
         losses = ("focal", *losses)
     result = run(args, losses, device)
+    result["settings"]["cuda_graphs"] = not args.no_cuda_graphs
     markdown = to_markdown(result)
     print(markdown)
     write_outputs(result, args.json, args.markdown, to_markdown)

@@ -4,7 +4,7 @@ The loss layer (this namespace, :mod:`detlosses.losses`, :mod:`detlosses.ranking
 torch and torchvision; the detector pipeline, search and command line are optional extras.
 
 The top level holds the losses (functional and module forms), the Parameterized AP parameter
-sets and the validation switch; helpers (``scale_gradient``, ``weight_reduce_loss``,
+sets, the validation switch and the CUDA-graph switch; helpers (``scale_gradient``, ``weight_reduce_loss``,
 ``control_points_from_theta``) stay in :mod:`detlosses.losses`.
 
 The names of ``__all__`` come from :mod:`detlosses.losses`, imported on first use (PEP 562), so that
@@ -42,6 +42,8 @@ __all__ = [
     "save_pap_params",
     "set_validate_args",
     "validate_args_enabled",
+    "set_cuda_graphs",
+    "cuda_graphs_enabled",
     "__version__",
 ]
 

@@ -30,7 +30,7 @@ def test_train_step_writes_one_record_per_loss_with_ratios_to_focal(tmp_path, ca
         assert r["last_loss_value"] == r["last_loss_value"]  # finite, checked by the tool itself
     assert result["settings"] == {"model": "retinanet", "backbone": "mobilenet_v2", "image_size": 64, "batch": 1,
                                   "classes": 3, "boxes_per_image": 2, "precision": "32", "warmup": 0,
-                                  "repeats": 1}
+                                  "repeats": 1, "cuda_graphs": True}
     assert "| ap |" in table.read_text() and "| ap |" in capsys.readouterr().out
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..distributed import DistributedContext
 from ..ranking.engine import HingeKernels, PointSet, Windows, working_dtype
+from . import _graphs
 from ._validation import (
     check_continuous_targets,
     check_finite,
@@ -43,7 +44,9 @@ from ._validation import (
     validate_args_enabled,
 )
 
-__all__ = ["RankingBatch", "RankingGradients", "ValueCheck", "prepare", "identity_update", "no_positive_values"]
+__all__ = [
+    "RankingBatch", "RankingGradients", "ValueCheck", "prepare", "identity_update", "no_positive_values", "ranked",
+]
 
 
 @dataclass(frozen=True)
@@ -61,23 +64,49 @@ class RankingBatch:
 
     Per-positive tensors are over the positives of *all* ranks, rank-ordered; :attr:`local` is this
     rank's slice of them, in the order the positives appear in ``targets.flatten()``.
+
+    A *static-shape* batch (what a CUDA graph replays, :mod:`._graphs`) has ``capacity`` positive
+    slots instead: the first :attr:`num_positives` are the positives, the rest repeat the first
+    positive and are masked out (:attr:`valid`) of every sum, mean and gradient by the methods below.
+    A formula that keeps to them (:meth:`masked`, :meth:`mean`, the sums and adjoints, and
+    :attr:`num_positives` as a number) is correct either way.
     """
 
     scores: Tensor  # (N,) detached, working dtype
     targets: Tensor  # (N,) flattened targets
-    positive_index: Tensor  # (P_local,) positions of this rank's positives
+    positive_index: Tensor  # (P_local,) positions of this rank's positives (static: (capacity,))
     negative_mask: Tensor  # (N,) bool
     context: DistributedContext
     sizes: list[int]  # positives per rank
-    positive_scores: Tensor  # (P,)
-    windows: Windows
-    negatives: PointSet
-    positives: PointSet
+    kernels: HingeKernels
+    valid: Tensor | None = None  # static shapes: (capacity,) bool, the slots holding a positive
+    count: Tensor | None = None  # static shapes: () float64, the number of positives
+    #: the extra per-positive input of :func:`identity_update` (all ranks), float64, detached
+    extra: Tensor | None = None
+    #: whether the formula may run as a static-shape batch (False once a loss changes the batch)
+    graphable: bool = True
+
+    @functools.cached_property
+    def positive_scores(self) -> Tensor:
+        """``(P,)`` scores of the positives of all ranks."""
+        return self.context.all_gather_variable(self.scores[self.positive_index], self.sizes)
+
+    @functools.cached_property
+    def windows(self) -> Windows:
+        return Windows(self.positive_scores, self.kernels)
+
+    @functools.cached_property
+    def negatives(self) -> PointSet:
+        return self.windows.points(self.scores, keep=self.negative_mask)
+
+    @functools.cached_property
+    def positives(self) -> PointSet:
+        return self.windows.points(self.positive_scores, keep=self.valid)
 
     @property
-    def num_positives(self) -> int:
-        """Positives of the whole (global) batch."""
-        return int(sum(self.sizes))
+    def num_positives(self) -> int | Tensor:
+        """Positives of the whole (global) batch; a 0-dim float64 tensor in a static-shape batch."""
+        return int(sum(self.sizes)) if self.count is None else self.count
 
     @property
     def local(self) -> slice:
@@ -87,6 +116,20 @@ class RankingBatch:
     def gather(self, local_values: Tensor) -> Tensor:
         """Per-positive values of all ranks (rank order) from this rank's ``(P_local, ...)`` values."""
         return self.context.all_gather_variable(local_values, self.sizes)
+
+    def masked(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """``values`` (per positive, ``(P, ...)``) with ``fill`` in the padding slots of a static-shape
+        batch; ``values`` itself otherwise (no operator)."""
+        if self.valid is None:
+            return values
+        valid = self.valid if values.dim() == 1 else self.valid.view(-1, *(1,) * (values.dim() - 1))
+        return torch.where(valid, values, fill)
+
+    def mean(self, values: Tensor, dtype: torch.dtype) -> Tensor:
+        """Mean of a per-positive ``(P,)`` tensor over the positives, in ``dtype``."""
+        if self.valid is None:
+            return values.mean(dtype=dtype)
+        return self.masked(values).sum().div(self.count).to(dtype)
 
     def sums(self, positive_weights: Tensor | None = None) -> list[Tensor]:
         """Per positive ``i``: ``sum_{j in N} K_k(s_j - s_i)`` and ``sum_{l in P} w_lc K_k(s_l - s_i)``.
@@ -110,11 +153,11 @@ class RankingBatch:
     def negative_gradient(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
         """``sum_i c_i K(s_j - s_i)`` for every local negative ``j``, 0 elsewhere; ``(N,)``, float64
         (float32 for float32 scores on the CPU's fast path)."""
-        return self.windows.point_sums(self.negatives, coefficients, kernel)
+        return self.windows.point_sums(self.negatives, self.masked(coefficients), kernel)
 
     def positive_adjoint(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
         """``sum_i c_i K(s_l - s_i)`` for every positive ``l`` (all ranks), float64 ``(P,)``."""
-        return self.windows.point_sums(self.positives, coefficients, kernel)
+        return self.windows.point_sums(self.positives, self.masked(coefficients), kernel)
 
 
 @functools.cache
@@ -210,12 +253,9 @@ def _prepare(logits: Tensor, targets: Tensor, kernels: HingeKernels, context: Di
     dtype = working_dtype(logits.dtype)
     scores = flat_logits if flat_logits.dtype == dtype else flat_logits.to(dtype)  # no operator when it is one
     positive_index = torch.nonzero_static(positive, size=count).view(-1)
-    positive_scores = context.all_gather_variable(scores[positive_index], sizes)
-    windows = Windows(positive_scores, kernels)
-    negatives = windows.points(scores, keep=negative_mask)
-    positives = windows.points(positive_scores)
-    return RankingBatch(scores, flat_targets, positive_index, negative_mask, context, sizes, positive_scores,
-                        windows, negatives, positives)
+    # the positives' scores, the windows and the bucketed points are built when a formula first
+    # asks for them (RankingBatch's cached properties), or inside a CUDA graph (._graphs)
+    return RankingBatch(scores, flat_targets, positive_index, negative_mask, context, sizes, kernels)
 
 
 def no_positive_values(logits: Tensor, count: int) -> tuple[Tensor, ...]:
@@ -240,31 +280,55 @@ class RankingGradients:
     extra: list[Tensor | None] = field(default_factory=list)
 
 
+Gradients = list[tuple[Tensor | None, Tensor | None]]
+
+
+def ranked(batch: RankingBatch, formula: Callable[[RankingBatch], RankingGradients],
+           extra_dtype: torch.dtype | None) -> tuple[list[Tensor], Gradients, list[Tensor | None]]:
+    """``formula(batch)`` packaged for the identity update: its values; per value the gradient of
+    the local logits as ``(dense (N,), part at the positives)`` in the scores' dtype (a part is
+    folded into the dense gradient when there is one); the gradients of the extra input.
+
+    This is all the work after the host read: :mod:`._graphs` captures this function in a CUDA graph.
+    """
+    result: RankingGradients = formula(batch)
+    if batch.context.active:  # this rank's positives
+        local = batch.local
+        result.extra = [None if g is None else g[local] for g in result.extra]
+        result.positives = [None if g is None else g[local] for g in result.positives]
+    extra = [None if g is None else g.to(extra_dtype) for g in result.extra]
+    gradients = []
+    dtype = batch.scores.dtype
+    for dense, part in zip(result.negatives, result.positives, strict=True):
+        if part is not None:
+            part = batch.masked(part)  # static shapes: the padding slots add nothing
+        if dense is not None and part is not None:  # add in float64, then one conversion
+            if part.dtype != dense.dtype:
+                part = part.to(dense.dtype)
+            dense = dense.index_put_((batch.positive_index,), part, accumulate=True)
+            part = None
+        if dense is not None and dense.dtype != dtype:
+            dense = dense.to(dtype)
+        gradients.append((dense, None if part is None else part.to(dtype)))
+    return result.values, gradients, extra
+
+
 class _IdentityUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, extra: Tensor | None, batch: RankingBatch,  # type: ignore[override]
                 formula) -> tuple[Tensor, ...]:
-        result: RankingGradients = formula(batch)
-        if batch.context.active:  # this rank's positives
-            local = batch.local
-            result.extra = [None if g is None else g[local] for g in result.extra]
-            result.positives = [None if g is None else g[local] for g in result.positives]
-        ctx.extra = [None if g is None else g.to(extra.dtype) for g in result.extra]
-        ctx.gradients = []
-        dtype = batch.scores.dtype
-        for dense, part in zip(result.negatives, result.positives, strict=True):
-            if dense is not None and part is not None:  # add in float64, then one conversion
-                if part.dtype != dense.dtype:
-                    part = part.to(dense.dtype)
-                dense = dense.index_put_((batch.positive_index,), part, accumulate=True)
-                part = None
-            if dense is not None and dense.dtype != dtype:
-                dense = dense.to(dtype)
-            ctx.gradients.append((dense, None if part is None else part.to(dtype)))
-        ctx.index = batch.positive_index
+        extra_dtype = None if extra is None else extra.dtype
+        captured = _graphs.run(batch, formula, extra)
+        if captured is not None:
+            values, ctx.gradients, ctx.extra, ctx.index = captured
+        else:
+            if extra is not None:
+                batch.extra = batch.gather(extra.to(torch.float64))  # (autograd is off in here)
+            values, ctx.gradients, ctx.extra = ranked(batch, formula, extra_dtype)
+            ctx.index = batch.positive_index
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         ctx.numel = logits.numel()
-        return tuple(result.values)
+        return tuple(values)
 
     @staticmethod
     def backward(ctx, *upstream: Tensor):  # type: ignore[override]
@@ -295,6 +359,10 @@ def identity_update(logits: Tensor, batch: RankingBatch, formula: Callable[[Rank
     """Run ``formula(batch)`` with the error-driven backward; returns the values.
 
     ``extra``: an optional ``(P_local,)`` input per positive that the formula also differentiates
-    (Parameterized AP Loss's soft IoU); its gradient is ``RankingGradients.extra``.
+    (aLRP Loss's localisation errors, Parameterized AP Loss's soft IoU): the formula reads it, all
+    ranks' and detached, as :attr:`RankingBatch.extra` (float64); its gradient is
+    ``RankingGradients.extra``.
+
+    On CUDA, everything ``formula`` does runs as one CUDA graph where it can (:mod:`._graphs`).
     """
     return _IdentityUpdate.apply(logits, extra, batch, formula)

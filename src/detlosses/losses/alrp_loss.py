@@ -20,6 +20,7 @@ constant by the classification part:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -37,15 +38,17 @@ __all__ = ["alrp_loss", "ALRPLoss", "ALRPLossOutput"]
 ALRP_EPS = 1e-5
 
 
-def _alrp_formula(errors: Tensor, delta: float, eps: float, loc_dtype: torch.dtype):
-    """``errors``: the localisation errors of all ranks' positives (float64, detached)."""
+@functools.cache  # one formula per setting: the key of its CUDA graphs
+def _alrp_formula(delta: float, eps: float, loc_dtype: torch.dtype):
+    """The localisation errors of all ranks' positives are ``batch.extra`` (float64, detached)."""
     self_term = smoothed_step(delta).value_at(0.0)
 
     def formula(batch: RankingBatch) -> RankingGradients:
+        errors = batch.extra
         weights = torch.linalg.vander(errors, N=2)  # (P, 2): [1, e_k]
         false_positives, rank_pos, errors_above = batch.sums(weights)
         rank = (rank_pos + false_positives).add_(1.0 - self_term)
-        share = torch.div(1.0 / batch.num_positives, rank)  # 1 / (|P| rank(i))
+        share = batch.masked(torch.div(1.0 / batch.num_positives, rank))  # 1 / (|P| rank(i))
         active = false_positives > eps
         # what positive i passes on: (sum_{k != i} H(s_k - s_i) e_k + N_FP(i)) / rank(i), over |P|
         passed = torch.add(errors_above, errors, alpha=-self_term).add_(false_positives).mul_(share)
@@ -60,7 +63,7 @@ def _alrp_formula(errors: Tensor, delta: float, eps: float, loc_dtype: torch.dty
         coefficients = reversed_sums.scatter(0, reversed_order, reversed_sums)
         dtype = batch.scores.dtype
         return RankingGradients(
-            values=[(false_positives / rank).mean(dtype=dtype), torch.dot(errors, coefficients).to(loc_dtype)],
+            values=[batch.mean(false_positives / rank, dtype), torch.dot(errors, coefficients).to(loc_dtype)],
             negatives=[batch.negative_gradient(torch.where(active, passed / false_positives, 0.0)), None],
             positives=[torch.where(active, passed, 0.0).neg_(), None],
             extra=[None, coefficients * batch.context.gradient_scale if batch.context.active else coefficients],
@@ -125,8 +128,7 @@ def alrp_loss(
         zero = no_positive_values(logits, 1)[0]
         return ALRPLossOutput(zero, loc_errors.sum() * 0.0)
     loc_dtype = torch.float64 if loc_errors.dtype == torch.float64 else torch.float32
-    all_errors = batch.gather(loc_errors.to(torch.float64))
-    classification, localisation = identity_update(logits, batch, _alrp_formula(all_errors, delta, eps, loc_dtype),
+    classification, localisation = identity_update(logits, batch, _alrp_formula(delta, eps, loc_dtype),
                                                    extra=loc_errors)
     return ALRPLossOutput(classification, localisation)
 

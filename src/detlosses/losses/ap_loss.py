@@ -19,6 +19,9 @@ the released loop over positives.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +34,7 @@ from ._validation import check_nonnegative_scalar
 __all__ = ["ap_loss", "APLoss"]
 
 
+@functools.cache  # one formula per setting: the key of its CUDA graphs
 def _ap_formula(delta: float, interpolate: bool):
     self_term = smoothed_step(delta).value_at(0.0)
 
@@ -40,12 +44,12 @@ def _ap_formula(delta: float, interpolate: bool):
         error = false_positives / rank  # 1 - prec(i), without cancellation
         if interpolate:  # 1 - max precision at or below each score: a cummin in ascending score order
             order = torch.argsort(batch.positive_scores, stable=True)
-            running = error[order].cummin(0).values
+            running = batch.masked(error, fill=math.inf)[order].cummin(0).values
             error = running.scatter(0, order, running)  # back to the positives' order (a permutation)
         grad_scale = batch.context.gradient_scale / batch.num_positives
         # row scale / rank(i) = (1 - maxp(i)) / N_FP(i); with N_FP(i) = 0 no negative sees i at all
         return RankingGradients(
-            values=[error.mean(dtype=batch.scores.dtype)],
+            values=[batch.mean(error, batch.scores.dtype)],
             negatives=[batch.negative_gradient(error / false_positives.clamp(min=1e-300) * grad_scale)],
             positives=[error * -grad_scale],
         )

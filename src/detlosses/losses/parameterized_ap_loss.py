@@ -31,6 +31,7 @@ control point, 0 where ``clamp`` saturates (``s_j - s_i = +-1`` exactly), the fi
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -209,10 +210,21 @@ class _DenseSigmoid:
         return value_sum, slope_sum
 
 
-def _pap_formula(form: _Form, u: Tensor, candidates: Tensor | None):
-    """``u``: the soft IoU of all ranks' positives (float64, detached)."""
+def _pap_formula(form: _Form, candidates: Tensor | None):
+    """The soft IoU of all ranks' positives is ``batch.extra`` (float64, detached)."""
+    if candidates is None:  # one formula per form: the key of its CUDA graphs
+        return _pap_formula_of(form)
+    return _formula(form, candidates)
 
+
+@functools.cache
+def _pap_formula_of(form: _Form):
+    return _formula(form, None)
+
+
+def _formula(form: _Form, candidates: Tensor | None):
     def formula(batch: RankingBatch) -> RankingGradients:
+        u = batch.extra
         in_s = torch.ones_like(u) if candidates is None else candidates[batch.positive_index].to(u.dtype)
         if candidates is not None:
             in_s = batch.gather(in_s)
@@ -233,7 +245,7 @@ def _pap_formula(form: _Form, u: Tensor, candidates: Tensor | None):
             h2, slope_sum = w_neg * neg_h2 + pos_h2, w_neg * neg_slope + pos_slope
         ratio = torch.where(h1 > 0, h2 / h1.clamp(min=1e-300), 0.0)
         num_pos, scale = batch.num_positives, batch.context.gradient_scale
-        value = ((1.0 - i_values[:, 0]) + i_values[:, 2] * ratio).sum() / num_pos
+        value = batch.mean((1.0 - i_values[:, 0]) + i_values[:, 2] * ratio, batch.scores.dtype)
         g = torch.where(h1 > 0, i_values[:, 2] / h1.clamp(min=1e-300), 0.0) * (scale / num_pos)
         if form.form == "sigmoid":
             negative_grad = dense.adjoint(dense.points, g)[1].mul_(keep).mul_(w_neg).to(batch.scores.dtype)
@@ -244,7 +256,7 @@ def _pap_formula(form: _Form, u: Tensor, candidates: Tensor | None):
             point_slope = batch.positive_adjoint(g, kernel=_H2_SLOPE)
         positive_grad = weights[:, 1] * point_slope - g * slope_sum
         u_grad = (i_slopes[:, 2] * ratio - i_slopes[:, 0]) * (scale / num_pos) - i_slopes[:, 1] * in_s * point_value
-        return RankingGradients(values=[value.to(batch.scores.dtype)], negatives=[negative_grad],
+        return RankingGradients(values=[value], negatives=[negative_grad],
                                 positives=[positive_grad], extra=[u_grad])
 
     return formula
@@ -319,14 +331,14 @@ def parameterized_ap_loss(
     if batch is None:
         return no_positive_values(logits, 1)[0] + flat_ious[:0].sum()
     candidates = None if topk is None else _candidate_mask(batch.targets, batch.scores, topk, context)
+    batch.graphable = candidates is None and form.form != "sigmoid"  # (a CUDA graph: see ._graphs)
     if candidates is not None:
         batch.negatives = batch.windows.points(batch.scores, keep=candidates & batch.negative_mask,
                                                buckets=batch.negatives.buckets)
     u = flat_ious[batch.positive_index]
     if float(reg_weight) != 1.0:
         u = scale_gradient(u, float(reg_weight))
-    all_u = batch.gather(u.detach().to(torch.float64))
-    (loss,) = identity_update(logits, batch, _pap_formula(form, all_u, candidates), extra=u)
+    (loss,) = identity_update(logits, batch, _pap_formula(form, candidates), extra=u)
     return loss
 
 

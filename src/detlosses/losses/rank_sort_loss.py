@@ -19,6 +19,7 @@ ignored. Smoothed step ``H`` with ``delta = 0.5``; ``rank_pos(i) = sum_{k in P} 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -36,12 +37,13 @@ __all__ = ["rank_sort_loss", "RankSortLoss", "RankSortLossOutput"]
 RANK_SORT_EPS = 1e-10
 
 
+@functools.cache  # one formula per setting: the key of its CUDA graphs
 def _rank_sort_formula(delta: float, eps: float):
     kernel = smoothed_step(delta)
 
     def formula(batch: RankingBatch) -> RankingGradients:
         y = batch.gather(batch.targets[batch.positive_index].to(torch.float64))
-        weights = torch.stack([torch.ones_like(y), 1.0 - y], 1)
+        weights = batch.masked(torch.stack([torch.ones_like(y), 1.0 - y], 1))  # (padding: weight 0)
         false_positives, rank_pos, current_weighted = batch.sums(weights)
         rank = rank_pos + false_positives
         ranking_error = false_positives / rank
@@ -53,10 +55,10 @@ def _rank_sort_formula(delta: float, eps: float):
         grad_scale = batch.context.gradient_scale / batch.num_positives
         ranks_active = false_positives > eps
         sorts_active = missorted > eps
-        sorting_spread = torch.where(sorts_active, sorting_error / missorted, 0.0)
+        sorting_spread = batch.masked(torch.where(sorts_active, sorting_error / missorted, 0.0))
         dtype = batch.scores.dtype
         return RankingGradients(
-            values=[ranking_error.mean().to(dtype), sorting_error.mean().to(dtype)],
+            values=[batch.mean(ranking_error, dtype), batch.mean(sorting_error, dtype)],
             negatives=[
                 batch.negative_gradient(torch.where(ranks_active, ranking_error / false_positives, 0.0) * grad_scale),
                 None,

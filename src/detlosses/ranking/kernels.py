@@ -142,8 +142,9 @@ class PiecewisePolynomialKernel:
         return torch.tensor(self.coefficients, dtype=torch.float64)
 
     def coefficient_tensor(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """``(m + 2, 3)`` tensor of the region coefficients."""
-        return self._coefficients64.to(device=device, dtype=dtype)
+        """``(m + 2, 3)`` tensor of the region coefficients (made once per dtype and device: no
+        host-to-device copy per call, which a CUDA graph could not record)."""
+        return _coefficient_tensor(self, dtype, torch.device(device))
 
     def value_at(self, d: float) -> float:
         """``K(d)`` for one number."""
@@ -160,6 +161,11 @@ class PiecewisePolynomialKernel:
             region += (d >= b) if closed else (d > b)
         c = self.coefficient_tensor(d.dtype, d.device)[region]
         return c[..., 0] + d * (c[..., 1] + d * c[..., 2])
+
+
+@cache
+def _coefficient_tensor(kernel: PiecewisePolynomialKernel, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return kernel._coefficients64.to(device=device, dtype=dtype)
 
 
 @cache
