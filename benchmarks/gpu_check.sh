@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One GPU session's checks and measurements, in one go (see docs/benchmarks.md, section "On a GPU").
+# At most 8 files come back from a lent machine: this writes 8 (9 with BF16=1).
 #
 #   OUT=/some/folder bash benchmarks/gpu_check.sh              # on a CUDA machine, from the repo root
 #   OUT=/tmp/x DEVICE=cpu SMALL=1 bash benchmarks/gpu_check.sh # dry run of the same steps on a CPU
 #
 # Writes JSON files and the kernel profiles under $OUT and prints the tables. Each step has its own
 # time limit, so one that fails or runs long does not cost the others. LOOPS=1 also times the
-# released loops (minutes at N = 1e8); BF16=1 adds the bf16-mixed training step.
+# released loops (minutes at N = 1e8); BF16=1 adds the bf16-mixed training step; LANES=1 adds the
+# accumulation-lane profiles (one table, late-training logits).
 set -u
 OUT=${OUT:?set OUT to a folder}
 DEVICE=${DEVICE:-cuda}
@@ -16,10 +18,10 @@ mkdir -p "$OUT"
 PROFILES=$(mktemp -d)
 if [ "${SMALL:-0}" = 1 ]; then
   LAUNCH_SIZES=100000x100; LOSS_SIZES=(--sizes small --repeats 1); SMALL_PROFILE=100000x100; BIG_PROFILE=200000x100
-  STEP=(--image-size 128 --batch 2 --repeats 2 --warmup 1)
+  STEP=(--image-size 128 --batch 2 --repeats 2 --warmup 1); GRAPH_SIZES=(--sizes 100000x100 --rounds 1)
 else
   LAUNCH_SIZES=1000000x1000,10000000x4000,100000000x4000; LOSS_SIZES=(--sizes gpu); SMALL_PROFILE=1000000x1000
-  BIG_PROFILE=100000000x4000; STEP=()
+  BIG_PROFILE=100000000x4000; STEP=(); GRAPH_SIZES=()
 fi
 [ "${LOOPS:-0}" = 1 ] || LOSS_SIZES+=(--no-loop)
 step() { echo; echo "=== $1 ($(date +%T))"; }
@@ -35,17 +37,26 @@ $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 
 step "CUDA tests"
 [ "$DEVICE" = cuda ] && timeout 150 $PY -m pytest -q -p no:cacheprovider -o addopts= tests/losses/test_dtypes_devices.py \
-  tests/losses/test_autocast.py tests/losses/test_ranking_engine.py 2>&1 | tail -8
+  tests/losses/test_autocast.py tests/losses/test_ranking_engine.py tests/losses/test_static_shapes.py 2>&1 | tail -8
+
+step "CUDA graphs: eager vs graphs, a different number of positives every call"
+timeout 150 $PY -m benchmarks.cuda_graphs --device "$DEVICE" "${GRAPH_SIZES[@]}" --json "$OUT/cuda_graphs.json"
 
 step "kernel profiles: every loss; then AP with one accumulation table and with late-training logits"
 profile early --sizes "$SMALL_PROFILE,$BIG_PROFILE"
-profile early_one_table --sizes "$BIG_PROFILE" --losses ap --lanes 1
-profile late --sizes "$BIG_PROFILE" --losses focal,ap,ghm --late
-profile late_one_table --sizes "$BIG_PROFILE" --losses ap --late --lanes 1
+if [ "${LANES:-0}" = 1 ]; then
+  profile early_one_table --sizes "$BIG_PROFILE" --losses ap --lanes 1
+  profile late --sizes "$BIG_PROFILE" --losses focal,ap,ghm --late
+  profile late_one_table --sizes "$BIG_PROFILE" --losses ap --late --lanes 1
+fi
 cat "$PROFILES"/*.txt > "$OUT/profile.txt"
 
 step "training step, RetinaNet ResNet-50-FPN 640 px"
 timeout 150 $PY -m benchmarks.train_step --device "$DEVICE" --preset r50 "${STEP[@]}" --json "$OUT/step_r50.json"
+
+step "training step, RetinaNet ResNet-50-FPN 640 px, without CUDA graphs"
+timeout 150 $PY -m benchmarks.train_step --device "$DEVICE" --preset r50 --losses ap,alrp,rank_sort,pap \
+  --no-cuda-graphs "${STEP[@]}" --json "$OUT/step_r50_eager.json"
 
 step "training step, RetinaNet MobileNetV2-FPN 512 px"
 timeout 120 $PY -m benchmarks.train_step --device "$DEVICE" --preset light "${STEP[@]}" --json "$OUT/step_light.json"
