@@ -19,7 +19,8 @@ def test_positive_counts_differ_and_share_one_capacity(p):
 
 def test_writes_one_record_per_loss(tmp_path, capsys):
     out = tmp_path / "graphs.json"
-    assert cuda_graphs.main(["--sizes", "3000x60", "--rounds", "1", "--losses", "ap,rank_sort", "--json", str(out)]) == 0
+    argv = ["--sizes", "3000x60", "--rounds", "1", "--losses", "ap,rank_sort", "--json", str(out)]
+    assert cuda_graphs.main(argv) == 0
     result = json.loads(out.read_text())
     assert [r["loss"] for r in result["records"]] == ["ap", "rank_sort"]
     for r in result["records"]:

@@ -58,7 +58,7 @@ PINNED_NO_VALIDATION = {
     "pap": (134, 1),
     "ghm": (56, 0),
 }
-# from 2^20 points on (CUDA path), the negatives' moments are accumulated in interleaved lanes: four
+# from 2^17 points on (CUDA path), the negatives' moments are accumulated in interleaved lanes: four
 # operators more (a wide table, two views of the buckets, its sum)
 PINNED_LANES = {"ap": (66, 1), "alrp": (81, 1), "rank_sort": (103, 1), "pap": (143, 1)}
 # (4, 5_000, 5)-shaped inputs instead of flat ones: one reshape per input and one view of the

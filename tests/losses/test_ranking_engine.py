@@ -135,13 +135,15 @@ def test_accumulation_lanes_divide_the_points_and_keep_the_copies_small():
     from detlosses.ranking.engine import _accumulation_lanes
 
     big = 1 << 21
-    assert _accumulation_lanes(1 << 19, 122) == 1  # few points: one table
+    assert _accumulation_lanes(1 << 16, 122) == 1  # few points: one table
     assert _accumulation_lanes(big, 2 * 61) == 1024  # few edges: the most copies
-    assert _accumulation_lanes(big, 2 * 8001) == 64  # P = 4000 (the H100 measurement): 64 copies, 8 MiB
-    assert _accumulation_lanes(big, 2 * 2001) == 256
+    assert _accumulation_lanes(big, 2 * 8193) == 64  # a graph's 4096 positive slots: 64 copies, 8 MiB
+    assert _accumulation_lanes(big, 2 * 8001) == 128  # P = 4000
+    assert _accumulation_lanes(big, 2 * 2001) == 512
+    assert _accumulation_lanes(10**6, 2 * 2001) == 64  # N = 1e6 = 2^6 * 5^6
     assert _accumulation_lanes(big + 8, 2 * 61) == 8  # the largest power of two dividing the points
     assert _accumulation_lanes(big + 4, 2 * 61) == 1  # fewer than 8: one table
     assert _accumulation_lanes(big, 1 << 20) == 1  # a table too large to copy
     for points, table in ((big, 122), (big, 16002), (3 * big, 4002), (big + 8, 122)):
         lanes = _accumulation_lanes(points, table)
-        assert points % lanes == 0 and (lanes == 1 or lanes * table <= 1 << 20)
+        assert points % lanes == 0 and (lanes == 1 or lanes * table <= 1 << 21)

@@ -30,9 +30,10 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.fixture(autouse=True)
 def _fresh_graphs():
+    _graphs.set_cuda_graphs(True)
     _graphs.clear()
     yield
-    _graphs.clear()
+    _graphs.set_cuda_graphs(True)  # (clears them)
 
 
 def test_capacity_is_a_power_of_two_of_at_least_64():

@@ -84,13 +84,14 @@ _GRID_MAX_CELLS = 1 << 21
 # `lanes` interleaved copies of the table (point j into copy j mod lanes), then summed: atomic adds
 # of many points into one bucket (all points below every window late in training, or a dense
 # score region early on) are spread over that many addresses instead of serialising on one.
-# Measured on an H100 (AP-Loss, N = 1e8, P = 4000, where the cap below allows 64 copies): 22 -> 13 ms
-# early in training, 328 -> 38 ms with every negative in one bucket. Lanes are a power of two that
-# divides the number of points, at most _LANES, and the copies stay within _LANES_TABLE_ELEMENTS
-# float64 values (8 MiB: resident in the GPU's L2), so fewer positives get more copies.
-_LANES_MIN_POINTS = 1 << 20
+# Measured on an H100 (AP-Loss, N = 1e8, P = 4000, 64 copies): 22 -> 13 ms early in training,
+# 328 -> 38 ms with every negative in one bucket; at N = 1e6 one table's index_add_ was half of the
+# device time (0.31 of 0.64 ms). Lanes are a power of two that divides the number of points, at most
+# _LANES, and the copies stay within _LANES_TABLE_ELEMENTS float64 values (16 MiB: resident in an
+# H100's 50 MB L2), so fewer positives get more copies.
+_LANES_MIN_POINTS = 1 << 17
 _LANES = 1024
-_LANES_TABLE_ELEMENTS = 1 << 20
+_LANES_TABLE_ELEMENTS = 1 << 21
 
 
 def _accumulation_lanes(points: int, table_elements: int) -> int:
