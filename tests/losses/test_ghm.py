@@ -128,3 +128,23 @@ def test_functional_forms_are_the_batch_density_modules():
     deltas, goal = torch.randn(30, 4, generator=g), torch.randn(30, 4, generator=g)
     torch.testing.assert_close(detlosses.ghmr_loss(deltas, goal, reduction="sum"),
                                detlosses.GHMR(momentum=0.0, reduction="sum")(deltas, goal))
+
+
+@pytest.mark.parametrize("n, float32_max", [(1 << 17, 1 << 24), (3 * (1 << 17) + 16, 1 << 24), (1 << 17, 100),
+                                            ((1 << 17) + 4, 1 << 24)])
+def test_bin_counts_in_interleaved_copies_are_exact(n, float32_max, monkeypatch):
+    """Large inputs count in interleaved copies (32, 16 lanes; float32 or, past its exact range,
+    float64; fewer than 8 lanes: one table) with the same counts as a plain loop."""
+    from detlosses.losses import ghm
+
+    monkeypatch.setattr(ghm, "_HISTOGRAM_FLOAT32_MAX", float32_max)
+    g = torch.Generator().manual_seed(n)
+    values = torch.rand(n, generator=g) ** 8  # most elements in the first bins, as early in training
+    values[::7] = 1.0  # the last edge
+    valid = torch.rand(n, generator=g) > 0.1
+    edges = ghm._bin_edges(30, 1.0, torch.float32, torch.device("cpu"))
+    index, counts = ghm.gradient_bin_counts(values, valid, edges)
+    expected = torch.tensor([float(((index == b) & valid).sum()) for b in range(30)], dtype=torch.float64)
+    assert counts.dtype == torch.float64
+    torch.testing.assert_close(counts, expected, rtol=0, atol=0)
+    assert float(counts.sum()) == float(valid.sum())

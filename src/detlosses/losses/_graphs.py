@@ -12,7 +12,8 @@ power of two (at least 64). The positives fill the first slots; the rest repeat 
 and are masked out of every sum, mean and gradient (:class:`._ranking.RankingBatch`). A training
 run records one graph per capacity it meets (a handful), and every later call with those shapes
 replays one. Inputs are copied into buffers the graph reads (shared by the graphs of one ``N``),
-outputs are copied out of it, so calls never share memory.
+outputs are copied out of it, so calls never share memory. The graph reads the scores, the
+negatives' mask and per-positive values, not the targets (an int64 copy of N values).
 
 The graph's intermediates stay allocated (one memory pool per device, shared by every graph of
 this module): about as much as one eager call allocates at the largest ``N`` recorded. Graphs are
@@ -86,14 +87,16 @@ def force_static_shapes() -> Iterator[None]:
 
 @dataclass
 class _Inputs:
-    """What a graph reads: the scores and targets (shared by the graphs of one ``N``), the
-    positives' positions, their number and the extra per-positive input."""
+    """What a graph reads: the scores and the negatives' mask (shared by the graphs of one ``N``),
+    the positives' positions, their number, the extra per-positive input and, for a formula that
+    reads them (``formula.uses_positive_targets``), the positives' targets."""
 
     scores: Tensor  # (N,) working dtype
-    targets: Tensor  # (N,)
+    negatives: Tensor  # (N,) bool
     index: Tensor  # (capacity,) int64
     count: Tensor  # () float64
     extra: Tensor | None  # (capacity,) float64
+    positive_targets: Tensor | None  # (capacity,) the targets' dtype
 
 
 Formula = Callable[["_ranking.RankingBatch"], "_ranking.RankingGradients"]
@@ -105,8 +108,11 @@ def _static_batch(inputs: _Inputs, context, kernels) -> _ranking.RankingBatch:
     valid = torch.arange(slots, device=inputs.index.device) < inputs.count
     index = torch.where(valid, inputs.index, inputs.index[:1])  # padding: the first positive again
     extra = None if inputs.extra is None else torch.where(valid, inputs.extra, 0.0)
-    return _ranking.RankingBatch(inputs.scores, inputs.targets, index, inputs.targets == 0, context,
-                                 [slots], kernels, valid=valid, count=inputs.count, extra=extra)
+    batch = _ranking.RankingBatch(inputs.scores, None, index, inputs.negatives, context, [slots], kernels,
+                                  valid=valid, count=inputs.count, extra=extra)
+    if inputs.positive_targets is not None:
+        batch.positive_targets = torch.where(valid, inputs.positive_targets, inputs.positive_targets[:1])
+    return batch
 
 
 class _Recorded:
@@ -174,11 +180,11 @@ def _eligible(batch: _ranking.RankingBatch) -> bool:
 
 
 def _shared_buffers(batch: _ranking.RankingBatch) -> tuple[Tensor, Tensor]:
-    key = (batch.scores.device, batch.scores.numel(), batch.scores.dtype, batch.targets.dtype)
+    key = (batch.scores.device, batch.scores.numel(), batch.scores.dtype)
     if key in _BUFFERS:
         _BUFFERS.move_to_end(key)
     else:
-        _BUFFERS[key] = (torch.empty_like(batch.scores), torch.empty_like(batch.targets))
+        _BUFFERS[key] = (torch.empty_like(batch.scores), torch.empty_like(batch.negative_mask))
         while len(_BUFFERS) > 4:
             _BUFFERS.popitem(last=False)
     return _BUFFERS[key]
@@ -205,12 +211,16 @@ def run(batch: _ranking.RankingBatch, formula: Formula, extra: Tensor | None):
         inputs = recorded.inputs
     else:
         device = batch.scores.device
-        scores, targets = _shared_buffers(batch)
-        inputs = _Inputs(scores, targets, torch.zeros(slots, dtype=torch.int64, device=device),
+        scores, negatives = _shared_buffers(batch)
+        inputs = _Inputs(scores, negatives, torch.zeros(slots, dtype=torch.int64, device=device),
                          torch.zeros((), dtype=torch.float64, device=device),
-                         None if extra is None else torch.zeros(slots, dtype=torch.float64, device=device))
+                         None if extra is None else torch.zeros(slots, dtype=torch.float64, device=device),
+                         batch.targets.new_zeros(slots) if getattr(formula, "uses_positive_targets", False)
+                         else None)
     inputs.scores.copy_(batch.scores)
-    inputs.targets.copy_(batch.targets)
+    inputs.negatives.copy_(batch.negative_mask)
+    if inputs.positive_targets is not None:
+        inputs.positive_targets.narrow(0, 0, count).copy_(batch.positive_targets)
     inputs.index.narrow(0, 0, count).copy_(batch.positive_index)
     inputs.count.fill_(count)
     if extra is not None:

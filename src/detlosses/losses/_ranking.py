@@ -73,7 +73,7 @@ class RankingBatch:
     """
 
     scores: Tensor  # (N,) detached, working dtype
-    targets: Tensor  # (N,) flattened targets
+    targets: Tensor | None  # (N,) flattened targets (static shapes: None, see positive_targets)
     positive_index: Tensor  # (P_local,) positions of this rank's positives (static: (capacity,))
     negative_mask: Tensor  # (N,) bool
     context: DistributedContext
@@ -85,6 +85,11 @@ class RankingBatch:
     extra: Tensor | None = None
     #: whether the formula may run as a static-shape batch (False once a loss changes the batch)
     graphable: bool = True
+
+    @functools.cached_property
+    def positive_targets(self) -> Tensor:
+        """``(P_local,)`` targets of this rank's positives (in a static-shape batch: given)."""
+        return self.targets[self.positive_index]
 
     @functools.cached_property
     def positive_scores(self) -> Tensor:

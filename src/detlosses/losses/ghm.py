@@ -13,14 +13,15 @@ Both losses weight every element by the inverse density of its *gradient norm* `
   ``bins`` on ``[0, 1)`` (last edge 1e3), ``tot = sum`` of the label weights, same weighting,
   ``loss = sum w ASL1 / tot``.
 
-Better than the originals: the histogram is one ``histc`` of the bin indices (no Python loop over
-bins with a host sync per bin, no atomic adds of every element into a few global counters, which
-cost 170 ms for 1e8 elements on an H100; no host synchronisation at all: the value checks, when on,
-are one read); weights are float32 or wider whatever the input dtype (no fp16 overflow of ``tot /
-A_b``); one histogram covers whatever is passed (flatten every FPN level of the batch into one call)
-and, under data parallelism, every rank (counts all-reduced); and a bias correction ``A_b / (1 -
-m^k_b)`` (``k_b`` = updates of bin ``b``) removes the EMA's start-up bias (first weights ``1 / (1 -
-m)`` too large); it is on by default (``bias_correction=False`` is the release).
+Better than the originals: the histogram is one ``histc`` of the bin indices, in interleaved copies
+for large inputs (no Python loop over bins with a host sync per bin, no atomic adds of every element
+into a few global counters, which cost 170 ms for 1e8 elements on an H100; no host synchronisation
+at all: the value checks, when on, are one read); weights are float32 or wider whatever the input
+dtype (no fp16 overflow of ``tot / A_b``); one histogram covers whatever is passed (flatten every
+FPN level of the batch into one call) and, under data parallelism, every rank (counts all-reduced);
+and a bias correction ``A_b / (1 - m^k_b)`` (``k_b`` = updates of bin ``b``) removes the EMA's
+start-up bias (first weights ``1 / (1 - m)`` too large); it is on by default
+(``bias_correction=False`` is the release).
 """
 
 from __future__ import annotations
@@ -48,15 +49,38 @@ def _bin_edges(bins: int, last: float, dtype: torch.dtype, device: torch.device)
     return edges.to(device=device, dtype=dtype)
 
 
+# From this many elements on, the histogram is taken in _HISTOGRAM_LANES interleaved copies (element
+# j into copy j mod lanes) and the copies summed: most elements share one or two bins (early in
+# training nearly every negative has g ~ 0), and one copy's atomic adds serialise on them. Measured on
+# an H100 at N = 1e7, 30 bins: one float64 histogram took 1.30 ms, half of GHM-C's device time.
+_HISTOGRAM_MIN_ELEMENTS = 1 << 17
+_HISTOGRAM_LANES = 32
+_HISTOGRAM_FLOAT32_MAX = 1 << 24
+
+
 def gradient_bin_counts(g: Tensor, valid: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
     """Bin index of every element (``edges[b] <= g < edges[b + 1]``) and the number of valid elements
     per bin (float64, exact; this process's elements only)."""
     bins = edges.numel() - 1
     index = (torch.bucketize(g, edges, right=True) - 1).clamp_(0, bins - 1)
-    # bin b counts the valid elements of index b: a histogram of unit-wide bins centred on the integers
-    # (float64: exact counts), invalid elements moved out of its range
-    counts = torch.histc(torch.where(valid, index, -1).to(torch.float64), bins=bins, min=-0.5, max=bins - 0.5)
-    return index, counts
+    n = index.numel()
+    lanes = math.gcd(n, _HISTOGRAM_LANES) if n >= _HISTOGRAM_MIN_ELEMENTS else 1
+    lanes = lanes if lanes >= 8 else 1
+    # bin b of copy c counts the valid elements of index b among elements j = c (mod lanes): a histogram
+    # of unit-wide bins centred on the integers b + bins * c, invalid elements moved below its range;
+    # copies count in float32 (exact up to 2^24 per bin and copy; faster atomics), one table in float64
+    keys = torch.where(valid, index, -bins * lanes)
+    if lanes == 1:
+        return index, torch.histc(keys.to(torch.float64), bins=bins, min=-0.5, max=bins - 0.5)
+    keys = keys.view(-1, lanes).add_(_lane_offsets(bins, lanes, index.device))
+    dtype = torch.float32 if n // lanes <= _HISTOGRAM_FLOAT32_MAX else torch.float64
+    counts = torch.histc(keys.to(dtype), bins=bins * lanes, min=-0.5, max=bins * lanes - 0.5)
+    return index, counts.view(lanes, bins).sum(0, dtype=torch.float64)
+
+
+@functools.cache
+def _lane_offsets(bins: int, lanes: int, device: torch.device) -> Tensor:
+    return torch.arange(0, bins * lanes, bins, device=device)
 
 
 def gradient_density_weights(

@@ -42,7 +42,7 @@ def _rank_sort_formula(delta: float, eps: float):
     kernel = smoothed_step(delta)
 
     def formula(batch: RankingBatch) -> RankingGradients:
-        y = batch.gather(batch.targets[batch.positive_index].to(torch.float64))
+        y = batch.gather(batch.positive_targets.to(torch.float64))
         weights = batch.masked(torch.stack([torch.ones_like(y), 1.0 - y], 1))  # (padding: weight 0)
         false_positives, rank_pos, current_weighted = batch.sums(weights)
         rank = rank_pos + false_positives
@@ -69,6 +69,7 @@ def _rank_sort_formula(delta: float, eps: float):
             ],
         )
 
+    formula.uses_positive_targets = True  # (what a CUDA graph of it must be given, see ._graphs)
     return formula
 
 
