@@ -100,6 +100,7 @@ from benchmarks.losses import (
 )
 
 LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm")
+RANKING = ("ap", "alrp", "rank_sort", "pap")  # the losses with a CUDA-graph path
 DEFAULT_SIZES = "1000000x1000"
 
 # ------------------------------------------------------------------------------------- the lists
@@ -338,6 +339,33 @@ def validation(enabled: bool) -> Iterator[None]:
         detlosses.set_validate_args(True)
 
 
+@contextlib.contextmanager
+def simulated_graphs() -> Iterator[None]:
+    """Count what the host runs on the CUDA-graph path (:mod:`detlosses.losses._graphs`) on any
+    device: the static-shape path is forced, each shape's work runs once when it is "recorded", and
+    later calls of that shape return copies of those outputs, as a replay of the same inputs would.
+    For counting only: a call with other inputs would get the recorded call's values."""
+    from detlosses.losses import _graphs
+
+    class Simulated(_graphs._Recorded):
+        def __init__(self, inputs, work) -> None:  # noqa: D107 - no recording: run the work once
+            self.inputs, self.work, self.graph = inputs, work, None
+            self.outputs = work(inputs)
+
+        def __call__(self) -> tuple:
+            return _graphs._copy(self.outputs)  # what a replay hands back: copies of its outputs
+
+    original = _graphs._Recorded
+    _graphs._Recorded = Simulated
+    _graphs.clear()
+    try:
+        with _graphs.force_static_shapes():
+            yield
+    finally:
+        _graphs._Recorded = original
+        _graphs.clear()
+
+
 # ------------------------------------------------------------------------------------- calls
 def _outputs(name: str, b: dict[str, torch.Tensor], x: torch.Tensor, inputs: dict) -> list[torch.Tensor]:
     """The differentiable outputs of one forward of loss ``name`` (each is backpropagated with 1)."""
@@ -387,11 +415,13 @@ def loss_call(name: str, b: dict[str, torch.Tensor]) -> Callable[[], None]:
 
 
 def measure_loss(name: str, b: dict[str, torch.Tensor], validate: bool = True,
-                 cpu_fast_paths: bool = False) -> OperatorCount:
+                 cpu_fast_paths: bool = False, graphs: bool = False) -> OperatorCount:
     """The counts of one warm call of loss ``name`` (validation on or off), on the device path
-    (the operators a CUDA call runs) unless ``cpu_fast_paths`` (the CPU's own speed-ups on)."""
+    (the operators a CUDA call runs) unless ``cpu_fast_paths`` (the CPU's own speed-ups on);
+    ``graphs``: what the host runs when the call replays a CUDA graph (:func:`simulated_graphs`)."""
     fn = loss_call(name, b)
-    with validation(validate), device_path(not cpu_fast_paths):
+    with validation(validate), device_path(not cpu_fast_paths), (
+            simulated_graphs() if graphs else contextlib.nullcontext()):
         return count_operators(fn, cuda=b["logits"].is_cuda)
 
 
@@ -485,8 +515,10 @@ def run(sizes: list[tuple[int, int]], losses: tuple[str, ...], device: str | tor
             on = measure_loss(name, batch, validate=True)
             off = measure_loss(name, batch, validate=False)
             grid = measure_loss(name, batch, cpu_fast_paths=True) if not on_cuda else on
+            graph = measure_loss(name, batch, graphs=True) if name in RANKING else None
             record = {"loss": name, "N": n, "P": p, "validate": on.as_dict(),
-                      "no_validate": off.as_dict() if off is not None else None, "cpu_fast_paths": grid.as_dict()}
+                      "no_validate": off.as_dict() if off is not None else None, "cpu_fast_paths": grid.as_dict(),
+                      "cuda_graph_path": graph.as_dict() if graph is not None else None}
             if on_cuda:
                 seconds, _ = measure(loss_call(name, batch), repeats, device)
                 if name == "focal":
@@ -535,7 +567,7 @@ def _sync_names(count: dict) -> str:
 
 def header(cuda: bool) -> list[str]:
     cols = ["loss", "N", "P", "top-level ops", "syncs", "ops (no validation)", "syncs (no validation)",
-            "sync operators", "ops / syncs on the CPU's fast path"]
+            "sync operators", "ops / syncs on the CPU's fast path", "ops / syncs replaying a CUDA graph"]
     if cuda:
         cols += ["kernel launches", "kernels", "CUDA syncs", "ms", "x focal"]
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -546,7 +578,9 @@ def _row(r: dict) -> str:
     grid = r.get("cpu_fast_paths") or on
     cells = [r["loss"], f"{r['N']:,}", f"{r['P']:,}", _fmt(on["top_level"]), _fmt(on["syncs"]),
              _fmt(off.get("top_level")), _fmt(off.get("syncs")), _sync_names(on),
-             f"{grid['top_level']} / {grid['syncs']}"]
+             f"{grid['top_level']} / {grid['syncs']}",
+             "-" if not r.get("cuda_graph_path") else f"{r['cuda_graph_path']['top_level']} / "
+             f"{r['cuda_graph_path']['syncs']}"]
     if "seconds" in r:
         cells += [_fmt(on.get("launches")), _fmt(on.get("kernels")), _fmt(on.get("cuda_syncs")),
                   f"{r['seconds'] * 1e3:.2f}", f"{r['over_focal']:.2f}"]

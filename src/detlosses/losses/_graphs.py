@@ -194,7 +194,8 @@ def run(batch: _ranking.RankingBatch, formula: Formula, extra: Tensor | None):
     """:func:`._ranking.ranked` of ``batch`` through a graph of its static shape, or ``None`` where
     none applies (the caller runs it eagerly).
 
-    Returns ``(values, gradients, extra gradients (P_local,), padded positive index)``.
+    Returns ``(values, gradients, extra gradients (P_local,), padded positive index)`` (the index is
+    ``None`` when no gradient is left at the positives).
     """
     if not _eligible(batch):
         return None
@@ -232,7 +233,9 @@ def run(batch: _ranking.RankingBatch, formula: Formula, extra: Tensor | None):
         with torch.no_grad():
             static_batch = _static_batch(static, context, kernels)
             values, gradients, extra_grads = _ranking.ranked(static_batch, formula, extra_dtype)
-            return values, gradients, extra_grads, static_batch.positive_index
+            # the (padded) positions only where a gradient is left at the positives (backward adds it)
+            sparse = any(part is not None for _, part in gradients)
+            return values, gradients, extra_grads, static_batch.positive_index if sparse else None
 
     if not recorded:
         try:
