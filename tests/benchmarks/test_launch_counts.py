@@ -70,9 +70,10 @@ PINNED_CPU_FAST = {"ap": (107, 2), "alrp": (120, 2), "rank_sort": (142, 2), "pap
 # replaying a CUDA graph (detlosses.losses._graphs; simulated on the CPU by benchmarks.launches): what
 # the host still runs — the checks and the one read, the copies into the graph's inputs, the copies
 # of its outputs, the backward's products. An H100 counted ap 21, alrp 29, rank_sort 25, pap 35 for the
-# first version (since: no copy of the positions where no gradient is left at the positives, and
-# Rank & Sort copies the positives' targets instead of every target).
-PINNED_GRAPH = {"ap": (19, 1), "alrp": (27, 1), "rank_sort": (27, 1), "pap": (33, 1)}
+# first version (since: no copy of the positions where no gradient is left at the positives, the
+# slices of the per-positive buffers made once per number of positives, and Rank & Sort copies the
+# positives' targets instead of every target).
+PINNED_GRAPH = {"ap": (18, 1), "alrp": (24, 1), "rank_sort": (25, 1), "pap": (30, 1)}
 
 @functools.cache
 def _batch():

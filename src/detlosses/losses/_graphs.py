@@ -33,7 +33,7 @@ import contextlib
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -97,6 +97,17 @@ class _Inputs:
     count: Tensor  # () float64
     extra: Tensor | None  # (capacity,) float64
     positive_targets: Tensor | None  # (capacity,) the targets' dtype
+    #: per number of positives, the views of the per-positive buffers it fills (made once: no
+    #: slicing operator per call)
+    views: dict[int, tuple[Tensor, Tensor | None, Tensor | None]] = field(default_factory=dict)
+
+    def filled(self, count: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The first ``count`` slots of the positions, the extra input and the positives' targets."""
+        views = self.views.get(count)
+        if views is None:
+            views = self.views[count] = tuple(None if t is None else t.narrow(0, 0, count)
+                                              for t in (self.index, self.extra, self.positive_targets))
+        return views
 
 
 Formula = Callable[["_ranking.RankingBatch"], "_ranking.RankingGradients"]
@@ -121,6 +132,7 @@ class _Recorded:
     def __init__(self, inputs: _Inputs, work: Callable[[_Inputs], tuple]) -> None:
         self.inputs, self.work = inputs, work
         self.graph: torch.cuda.CUDAGraph | None = None
+        self._views: dict[int, tuple] = {}  # per number of positives: the outputs, extra gradients cut
         device = inputs.scores.device
         if device.type != "cuda":
             return
@@ -135,11 +147,24 @@ class _Recorded:
             self.outputs = work(inputs)
         self.graph = graph
 
-    def __call__(self) -> tuple:
+    def __call__(self, count: int) -> tuple:
+        """``(values, gradients, extra gradients (count,), padded positions)``, copies of the
+        graph's outputs."""
         if self.graph is None:
-            return self.work(self.inputs)
+            return _cut(self.work(self.inputs), count)
+        self._replay()
+        outputs = self._views.get(count)
+        if outputs is None:
+            outputs = self._views[count] = _cut(self.outputs, count)
+        return _copy(outputs)
+
+    def _replay(self) -> None:
         self.graph.replay()
-        return _copy(self.outputs)
+
+
+def _cut(outputs: tuple, count: int) -> tuple:
+    values, gradients, extra, index = outputs
+    return values, gradients, [None if g is None else g.narrow(0, 0, count) for g in extra], index
 
 
 def _copy(tree):
@@ -220,12 +245,13 @@ def run(batch: _ranking.RankingBatch, formula: Formula, extra: Tensor | None):
                          else None)
     inputs.scores.copy_(batch.scores)
     inputs.negatives.copy_(batch.negative_mask)
-    if inputs.positive_targets is not None:
-        inputs.positive_targets.narrow(0, 0, count).copy_(batch.positive_targets)
-    inputs.index.narrow(0, 0, count).copy_(batch.positive_index)
+    index, extra_slots, targets = inputs.filled(count)
+    index.copy_(batch.positive_index)
     inputs.count.fill_(count)
     if extra is not None:
-        inputs.extra.narrow(0, 0, count).copy_(extra)
+        extra_slots.copy_(extra)
+    if targets is not None:
+        targets.copy_(batch.positive_targets)
 
     context, kernels = batch.context, batch.kernels  # (the graph must not keep this batch alive)
 
@@ -248,6 +274,4 @@ def run(batch: _ranking.RankingBatch, formula: Formula, extra: Tensor | None):
         _GRAPHS[key] = recorded
         while len(_GRAPHS) > _MAX_GRAPHS:
             _GRAPHS.popitem(last=False)
-    values, gradients, extra_grads, index = recorded()
-    extra_grads = [None if g is None else g.narrow(0, 0, count) for g in extra_grads]
-    return values, gradients, extra_grads, index
+    return recorded(count)
