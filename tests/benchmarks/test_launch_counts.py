@@ -24,10 +24,13 @@ import detlosses
 # (this folder has no __init__.py, so it does not shadow it)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.launches import (  # noqa: E402
+    CRITERIA,
     OperatorCount,
     count_events,
     count_operators,
+    fake_detection_batch,
     main,
+    measure_criterion,
     measure_loss,
     parse_sizes,
     validation,
@@ -48,7 +51,7 @@ PINNED = {
     "alrp": (77, 1),
     "rank_sort": (99, 1),
     "pap": (139, 1),
-    "ghm": (65, 1),
+    "ghm": (66, 1),
 }
 PINNED_NO_VALIDATION = {
     "focal": (34, 0),
@@ -230,3 +233,19 @@ def test_command_line_writes_json_and_markdown(tmp_path, capsys):
 def test_counts_replaying_a_cuda_graph(name):
     count = measure_loss(name, _batch(), graphs=True)
     assert (count.top_level, count.syncs) == PINNED_GRAPH[name], f"{name}: sync operators {count.sync_ops}"
+
+
+# one criterion step (assignment + criterion + backward): the assignment's enumeration of the positives,
+# and one read for all the losses' value checks (the ranking losses: with their number of positives)
+CRITERION_SYNCS = {"focal": 1, "ap": 2, "alrp": 2, "rank_sort": 2, "pap": 2, "ghm": 2, "iou_balanced": 2}
+
+
+@pytest.mark.parametrize("name", CRITERIA)
+def test_criteria_read_the_device_at_most_twice_per_step(name):
+    count = measure_criterion(name, _fake_detection_batch())
+    assert count.syncs == CRITERION_SYNCS[name], f"{name}: sync operators {count.sync_ops}"
+
+
+@functools.cache
+def _fake_detection_batch():
+    return fake_detection_batch()

@@ -6,7 +6,7 @@ Imports only torch and torchvision.
 from ._grad_scale import scale_gradient
 from ._graphs import cuda_graphs_enabled, set_cuda_graphs
 from ._reduction import weight_reduce_loss
-from ._validation import set_validate_args, validate_args_enabled
+from ._validation import deferred_checks, set_validate_args, validate_args_enabled
 from .alrp_loss import ALRPLoss, ALRPLossOutput, alrp_loss
 from .ap_loss import APLoss, ap_loss
 from .ghm import GHMC, GHMR, ghmc_loss, ghmr_loss
@@ -52,6 +52,7 @@ __all__ = [
     "weight_reduce_loss",
     "set_validate_args",
     "validate_args_enabled",
+    "deferred_checks",
     "set_cuda_graphs",
     "cuda_graphs_enabled",
 ]

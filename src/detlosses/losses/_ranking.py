@@ -42,6 +42,7 @@ from ._validation import (
     check_ternary_targets,
     check_unit_interval,
     validate_args_enabled,
+    zero64,
 )
 
 __all__ = [
@@ -165,11 +166,6 @@ class RankingBatch:
         return self.windows.point_sums(self.positives, self.masked(coefficients), kernel)
 
 
-@functools.cache
-def _zero64(device: torch.device) -> Tensor:
-    return torch.zeros((), dtype=torch.float64, device=device)
-
-
 def _range(values: Tensor) -> list[Tensor]:
     """``[min, max]`` of a non-empty tensor (NaN if it holds a NaN); nothing for an empty one."""
     return list(torch.aminmax(values)) if values.numel() else []
@@ -191,7 +187,7 @@ def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor, n
     counts = [positive.sum()]
     if counting:
         counts += [negative.sum(), (flat_targets == -1).sum()]
-    values = torch.stack([_zero64(flat_logits.device), *counts, *(v for r in ranges for v in r)]).tolist()[1:]
+    values = torch.stack([zero64(flat_logits.device), *counts, *(v for r in ranges for v in r)]).tolist()[1:]
     num_positives = int(values[0])
     ok = not counting or values[0] + values[1] + values[2] == flat_targets.numel()
     at = len(counts)

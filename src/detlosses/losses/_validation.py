@@ -3,26 +3,32 @@
 Each check costs at most a couple of passes over the input (``aminmax`` finds NaN, Inf and the
 value range at once), small next to the losses themselves. The ranking losses fuse all their
 checks into the one host read they need anyway (the number of positives), see
-:mod:`detlosses.losses._ranking`. :func:`set_validate_args` turns the value checks off for speed,
+:mod:`detlosses.losses._ranking`; the others can defer theirs to one read for several losses
+(:func:`deferred_checks`). :func:`set_validate_args` turns the value checks off for speed,
 as ``torch.distributions.Distribution.set_default_validate_args`` does (on by default); shape,
 dtype and option checks, which cost nothing, always run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "fused_checks",
+    "deferred_checks",
     "set_validate_args",
     "validate_args_enabled",
     "check_tensor",
     "check_finite",
     "check_same_shape",
     "check_ternary_targets",
+    "check_binary_targets",
     "check_continuous_targets",
     "check_unit_interval",
     "check_nonnegative_scalar",
@@ -46,6 +52,13 @@ def set_validate_args(value: bool) -> None:
 def validate_args_enabled() -> bool:
     """Whether the losses check the values of their inputs (see :func:`set_validate_args`)."""
     return _VALIDATE_ARGS
+
+
+@functools.cache
+def zero64(device: torch.device) -> Tensor:
+    """A float64 zero on ``device`` (made once): stacked first, it makes a stack of reductions of
+    any dtypes float64, so one host read returns them all exactly."""
+    return torch.zeros((), dtype=torch.float64, device=device)
 
 
 def check_tensor(value: object, name: str, *, floating: bool = False) -> Tensor:
@@ -102,6 +115,13 @@ def check_ternary_targets(targets: Tensor, name: str = "targets") -> None:
             )
 
 
+def check_binary_targets(targets: Tensor, name: str = "targets") -> None:
+    """Raise unless every target is 0 or 1."""
+    if bool(((targets != 0) & (targets != 1)).any()):
+        bad = targets[(targets != 0) & (targets != 1)].flatten()[:5].tolist()
+        raise ValueError(f"{name} must be binary (0 or 1) per element; got values such as {bad}")
+
+
 def check_continuous_targets(targets: Tensor, name: str = "targets") -> None:
     """Rank & Sort targets: ``(0, 1]`` positive (its IoU target), ``0`` negative, ``< 0`` ignored."""
     if not _VALIDATE_ARGS or targets.numel() == 0:
@@ -141,12 +161,18 @@ def check_nonnegative_scalar(value: float, name: str) -> float:
     return value
 
 
-def fused_checks(*checks: tuple[Tensor, str, str]) -> None:
+Check = tuple[Tensor, str, str]
+_COUNTED_RULES = {"ternary": (0.0, 1.0, -1.0), "binary": (0.0, 1.0)}  # rule -> the values allowed
+_DEFERRED: list[tuple[tuple[Check, ...], list[Tensor]]] | None = None
+
+
+def fused_checks(*checks: Check) -> None:
     """Value checks of several tensors in one host read (nothing when validation is off).
 
     Each check is ``(values, name, rule)`` with ``rule`` ``"finite"`` (no NaN/Inf), ``"unit"``
-    (finite, in ``[0, 1]``) or ``"ternary"`` (1, 0 or -1). Their reductions are stacked and read
-    back at once; only when one fails are the detailed checks run, to name the problem.
+    (finite, in ``[0, 1]``), ``"ternary"`` (1, 0 or -1) or ``"binary"`` (0 or 1). Their reductions
+    are stacked and read back at once — or, inside :func:`deferred_checks`, when the block ends;
+    only when one fails are the detailed checks run, to name the problem.
     """
     if not _VALIDATE_ARGS:
         return
@@ -156,25 +182,68 @@ def fused_checks(*checks: tuple[Tensor, str, str]) -> None:
     stats = []
     for values, _, rule in checks:
         v = values.detach()
-        if rule == "ternary":
-            stats.append(((v != 0) & (v != 1) & (v != -1)).sum(dtype=torch.float64))
+        if rule in _COUNTED_RULES:
+            first, *others = _COUNTED_RULES[rule]
+            outside = v != first
+            for allowed in others:
+                outside &= v != allowed
+            stats.append(outside.sum(dtype=torch.float64))
         else:
             stats.extend(torch.aminmax(v))
-    read = torch.stack([s.to(torch.float64) if s.dtype != torch.float64 else s for s in stats]).tolist()
-    at, ok = 0, True
-    for _, _, rule in checks:
-        if rule == "ternary":
-            ok = ok and read[at] == 0
-            at += 1
-            continue
-        low, high = read[at], read[at + 1]
-        at += 2
-        ok = ok and math.isfinite(low) and math.isfinite(high) and (rule != "unit" or (low >= 0.0 and high <= 1.0))
-    if not ok:
-        for values, name, rule in checks:
-            if rule == "ternary":
-                check_ternary_targets(values, name)
-            elif rule == "unit":
-                check_unit_interval(values, name)
-            else:
-                check_finite(values, name)
+    if _DEFERRED is not None:
+        _DEFERRED.append((checks, stats))
+        return
+    _judge([(checks, stats)])
+
+
+@contextlib.contextmanager
+def deferred_checks() -> Iterator[None]:
+    """Read the value checks of every loss called in the block at once, when it ends.
+
+    A detector criterion that calls two losses (GHM-C and GHM-R, say) would otherwise read the
+    device twice per step; each read makes the host wait for the device. A failed check raises
+    its ``ValueError`` when the block ends (not if the block itself raised). Losses that must read
+    the device anyway (the ranking losses: their number of positives) still check at once.
+    """
+    global _DEFERRED
+    if _DEFERRED is not None:  # nested: the outer block reads
+        yield
+        return
+    _DEFERRED = pending = []
+    try:
+        yield
+    except BaseException:
+        _DEFERRED = None
+        raise
+    _DEFERRED = None
+    if pending:
+        _judge(pending)
+
+
+def _judge(groups: list[tuple[tuple[Check, ...], list[Tensor]]]) -> None:
+    """One host read of every group's reductions; the detailed check of the first that fails."""
+    # a float64 zero first makes the stack float64 whatever the dtypes of the reductions (exact)
+    stats = [zero64(groups[0][1][0].device), *(s for _, group in groups for s in group)]
+    read = torch.stack(stats).tolist()
+    at = 1
+    for checks, _ in groups:
+        ok = True
+        for _, _, rule in checks:
+            if rule in _COUNTED_RULES:
+                ok = ok and read[at] == 0
+                at += 1
+                continue
+            low, high = read[at], read[at + 1]
+            at += 2
+            ok = ok and math.isfinite(low) and math.isfinite(high) and (
+                rule != "unit" or (low >= 0.0 and high <= 1.0))
+        if not ok:
+            for values, name, rule in checks:
+                if rule == "ternary":
+                    check_ternary_targets(values, name)
+                elif rule == "binary":
+                    check_binary_targets(values, name)
+                elif rule == "unit":
+                    check_unit_interval(values, name)
+                else:
+                    check_finite(values, name)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..distributed import DistributedContext, resolve_context, union_sum
 from ._precision import full_precision
 from ._reduction import check_reduction
-from ._validation import check_finite, check_same_shape, check_tensor, fused_checks, validate_args_enabled
+from ._validation import check_same_shape, check_tensor, fused_checks, validate_args_enabled
 
 __all__ = ["ghmc_loss", "ghmr_loss", "GHMC", "GHMR", "gradient_bin_counts", "gradient_density_weights"]
 
@@ -218,13 +218,7 @@ class GHMC(_GHMBase):
         compute_dtype = torch.promote_types(logits.dtype, torch.float32)
         x = logits.to(compute_dtype)
         t = targets.to(compute_dtype)
-        if validate_args_enabled() and logits.numel():  # one read: NaN/Inf logits, non-binary targets
-            low, high, not_binary = torch.stack([*torch.aminmax(x.detach()),
-                                                 ((t != 0) & (t != 1)).sum(dtype=compute_dtype)]).tolist()
-            if not (math.isfinite(low) and math.isfinite(high)):
-                check_finite(logits, "logits")
-            if not_binary:
-                raise ValueError("GHMC targets must be binary (0 or 1) per element")
+        fused_checks((x, "logits", "finite"), (t, "GHMC targets", "binary"))  # one read, or deferred
         valid = weight > 0
         context = resolve_context(self.distributed)
         tot = context.all_reduce_sum(valid.sum().to(torch.float64)).clamp_min(1).to(compute_dtype)

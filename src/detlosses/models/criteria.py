@@ -49,6 +49,7 @@ from ..losses import (
     PAPParams,
     ParameterizedAPLoss,
     ap_loss,
+    deferred_checks,
     iou_balanced_focal_loss,
     iou_balanced_smooth_l1_loss,
     load_pap_params,
@@ -60,9 +61,18 @@ __all__ = ["DetectionCriterion", "CRITERIA", "build_criterion", "LOSS_NAMES"]
 
 
 class DetectionCriterion(nn.Module):
-    """Base class: ``forward(batch) -> {"loss": ..., components}``; epoch-level hooks."""
+    """Base class: ``forward(batch) -> {"loss": ..., components}``; epoch-level hooks.
+
+    A call reads the value checks of all its losses in one host read, when it ends
+    (:func:`detlosses.losses.deferred_checks`): GHM-C + GHM-R or the two IoU-balanced losses would
+    otherwise make the host wait for the device twice per step.
+    """
 
     name = "base"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with deferred_checks():
+            return super().__call__(*args, **kwargs)
 
     def epoch_end(self) -> dict[str, float]:
         """Called once at the end of every training epoch; returns values to log."""
