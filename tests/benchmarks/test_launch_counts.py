@@ -49,7 +49,7 @@ PINNED = {
     "focal": (34, 0),
     "ap": (62, 1),
     "alrp": (77, 1),
-    "rank_sort": (99, 1),
+    "rank_sort": (100, 1),
     "pap": (139, 1),
     "ghm": (66, 1),
 }
@@ -57,19 +57,19 @@ PINNED_NO_VALIDATION = {
     "focal": (34, 0),
     "ap": (58, 1),
     "alrp": (72, 1),
-    "rank_sort": (95, 1),
+    "rank_sort": (96, 1),
     "pap": (134, 1),
     "ghm": (56, 0),
 }
 # from 2^17 points on (CUDA path), the negatives' moments are accumulated in interleaved lanes: four
 # operators more (a wide table, two views of the buckets, its sum)
-PINNED_LANES = {"ap": (66, 1), "alrp": (81, 1), "rank_sort": (103, 1), "pap": (143, 1)}
+PINNED_LANES = {"ap": (66, 1), "alrp": (81, 1), "rank_sort": (104, 1), "pap": (143, 1)}
 # (4, 5_000, 5)-shaped inputs instead of flat ones: one reshape per input and one view of the
 # gradient more
-PINNED_3D = {"ap": (65, 1), "alrp": (80, 1), "rank_sort": (102, 1), "pap": (142, 1)}
+PINNED_3D = {"ap": (65, 1), "alrp": (80, 1), "rank_sort": (103, 1), "pap": (142, 1)}
 # the CPU as it runs by default (its own speed-ups, detlosses.ranking.engine.set_cpu_fast_paths):
 # the bucketing grid adds operators and a CPU-side compaction (no device read on the CPU)
-PINNED_CPU_FAST = {"ap": (107, 2), "alrp": (120, 2), "rank_sort": (142, 2), "pap": (206, 2)}
+PINNED_CPU_FAST = {"ap": (107, 2), "alrp": (120, 2), "rank_sort": (143, 2), "pap": (206, 2)}
 # replaying a CUDA graph (detlosses.losses._graphs; simulated on the CPU by benchmarks.launches): what
 # the host still runs — the checks and the one read, the copies into the graph's inputs, the copies
 # of its outputs, the backward's products. An H100 counted ap 21, alrp 29, rank_sort 25, pap 35 for the

@@ -101,3 +101,19 @@ def test_no_positive():
     assert r.item() == 0 and s.item() == 0
     (r + s).backward()
     assert torch.equal(x.grad, torch.zeros(10))
+
+
+@pytest.mark.parametrize("delta", DELTAS)
+@pytest.mark.parametrize("into_buffer", [False, True])
+def test_pairwise_kernel_matches_the_elementwise_one(delta, into_buffer):
+    """Rank & Sort's pairs use ``pairwise`` (one subtraction and a clamp for the smoothed step):
+    the same values as the kernel of the differences, ties and differences at +-delta included."""
+    g = torch.Generator().manual_seed(7)
+    scores = torch.round(torch.randn(300, generator=g, dtype=torch.float64) * 4) / 4
+    queries = scores[:120]
+    kernel = smoothed_step(delta)
+    out = torch.full((120, 300), float("nan"), dtype=torch.float64) if into_buffer else None
+    got = kernel.pairwise(queries, scores, out=out)
+    torch.testing.assert_close(got, kernel(scores[None, :] - queries[:, None]), rtol=0, atol=1e-15)
+    if into_buffer:
+        assert got.data_ptr() == out.data_ptr()

@@ -50,33 +50,50 @@ class Dominance:
         rows = max(1, (_CPU_BLOCK_ELEMENTS if cpu else _BLOCK_ELEMENTS) // max(count, 1))
         self.blocks = [slice(start, min(start + rows, count)) for start in range(0, count, rows)]
         self._cached: tuple[Tensor, Tensor] | None = None
+        self._buffers: tuple[Tensor, Tensor] | None = None
 
-    def _block(self, rows: slice) -> tuple[Tensor, Tensor]:
-        """``K(s_k - s_i)`` for the query rows ``i`` and the mask ``[y_k >= y_i]``."""
+    def _block(self, rows: slice, mask: str) -> tuple[Tensor, Tensor]:
+        """``K(s_k - s_i)`` for the query rows ``i`` and the mask ``[y_k < y_i]`` (``"below"``) or
+        ``[y_k >= y_i]`` (``"at_least"``). One block is kept for the adjoint (its mask "below");
+        several are made again by the adjoint, in two buffers reused from block to block (fresh
+        temporaries of this size cost page faults on the CPU)."""
         if self._cached is not None:
             return self._cached
-        values = self.kernel(self.scores[None, :] - self.scores[rows, None])
-        at_least = self.keys[None, :] >= self.keys[rows, None]
         if len(self.blocks) == 1:
-            self._cached = (values, at_least)
-        return values, at_least
+            values = self.kernel.pairwise(self.scores[rows], self.scores)
+            self._cached = (values, self.keys[None, :] < self.keys[rows, None])
+            return self._cached
+        if self._buffers is None:
+            shape = (self.blocks[0].stop - self.blocks[0].start, self.scores.numel())
+            self._buffers = (self.scores.new_empty(shape), torch.empty(shape, dtype=torch.bool,
+                                                                         device=self.scores.device))
+        count = rows.stop - rows.start
+        values = self.kernel.pairwise(self.scores[rows], self.scores, out=self._buffers[0][:count])
+        compare = torch.lt if mask == "below" else torch.ge
+        return values, compare(self.keys[None, :], self.keys[rows, None], out=self._buffers[1][:count])
 
     def sums(self, weights: Tensor) -> Tensor:
         """``ge[i, c] = sum_k [y_k >= y_i] w_kc K(s_k - s_i)`` for ``(P, C)`` weights; float64."""
         w = weights.to(torch.float64)
+        kept = len(self.blocks) == 1
         parts = []
         for rows in self.blocks:
-            values, at_least = self._block(rows)
-            parts.append(torch.where(at_least, values, 0.0) @ w)
+            values, below = self._block(rows, "below")
+            parts.append((torch.where(below, 0.0, values) if kept else values.masked_fill_(below, 0.0)) @ w)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def adjoint(self, coefficients: Tensor) -> Tensor:
         """``V_k = sum_i c_i [y_i > y_k] K(s_k - s_i)``; float64 ``(P,)``."""
         c = coefficients.to(torch.float64)
+        kept = len(self.blocks) == 1
         total = None
         for rows in self.blocks:
-            values, at_least = self._block(rows)
-            part = c[rows] @ torch.where(at_least, 0.0, values)
+            if kept:
+                values, below = self._block(rows, "below")
+                part = c[rows] @ torch.where(below, values, 0.0)
+            else:
+                values, at_least = self._block(rows, "at_least")
+                part = c[rows] @ values.masked_fill_(at_least, 0.0)
             total = part if total is None else total + part
         return total
 

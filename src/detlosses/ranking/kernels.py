@@ -151,6 +151,19 @@ class PiecewisePolynomialKernel:
         c0, c1, c2 = self.coefficients[self._region_of(d)]
         return c0 + d * (c1 + d * c2)
 
+    def pairwise(self, queries: Tensor, points: Tensor, out: Tensor | None = None) -> Tensor:
+        """``K(points[k] - queries[i])`` for every pair, ``(len(queries), len(points))`` (written
+        into ``out`` when given).
+
+        The smoothed step is ``clamp(x_k c - (q_i c - 1/2), 0, 1)`` (``c = 1 / (2 delta)``): one
+        subtraction and one clamp over the pairs instead of four passes (exact up to rounding).
+        """
+        if self._is_smoothed_step:
+            slope = self.coefficients[1][1]
+            return torch.sub(points * slope, (queries * slope).sub_(0.5)[:, None], out=out).clamp_(0.0, 1.0)
+        values = self(torch.sub(points[None, :], queries[:, None], out=out))
+        return values if out is None else out.copy_(values)
+
     def __call__(self, d: Tensor) -> Tensor:
         """Evaluate ``K`` elementwise (dense: Rank & Sort's pairs of positives, tests)."""
         if self._is_smoothed_step:  # clamp(d / (2 delta) + 1/2, 0, 1) in three operators
