@@ -16,9 +16,14 @@ number of tensor operators and a single host read:
    differentiated by autograd (Chen et al., CVPR 2019, Sec. 3.2; Oksuz et al., NeurIPS 2020 and
    ICCV 2021): the formula returns its values *and* the gradient of every logit (a dense part over
    the negatives and values at the positives); backward multiplies them by the incoming gradients.
+   On CUDA, steps 2 and 3 — everything after the host read — are one CUDA graph (:mod:`._graphs`).
 
 Writing a new ranking loss means writing one function ``formula(batch) -> RankingGradients``
-(see :mod:`.ap_loss` for the shortest one).
+(see :mod:`.ap_loss` for the shortest one), made once per setting (``functools.cache``: the formula
+is the key of its graphs), reading per-positive inputs from the batch (``batch.extra``,
+``batch.positive_targets``) and reducing over the positives only through :meth:`RankingBatch.mean`,
+:meth:`RankingBatch.masked` and the batch's sums — in a graph the batch has padding slots, which
+these mask. ``tests/losses/test_static_shapes.py`` runs every formula that way on the CPU.
 """
 
 from __future__ import annotations
