@@ -16,7 +16,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -32,6 +31,8 @@ from benchmarks.losses import (
     focal_call,
     make_batch,
     parse_losses_and_device,
+    parse_size_pairs,
+    sizes_parser,
     synchronize,
     write_outputs,
 )
@@ -118,21 +119,13 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated NxP pairs (default %(default)s)")
-    parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of " + ",".join(LOSSES))
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
+    parser = sizes_parser(__doc__, DEFAULT_SIZES, LOSSES)
     parser.add_argument("--rounds", type=int, default=5, help="passes over the batches per measurement")
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     args = parser.parse_args(argv)
     losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
-    try:
-        pairs = [tuple(int(float(v)) for v in pair.lower().split("x", 1)) for pair in args.sizes.split(",")]
-    except ValueError:
-        parser.error(f"--sizes must be comma-separated NxP pairs such as 1000000x1000, got {args.sizes!r}")
-    if any(len(pair) != 2 or pair[0] < 1 or not 2 <= pair[1] <= pair[0] for pair in pairs):
-        parser.error("each --sizes pair needs 2 <= P <= N")
+    pairs = parse_size_pairs(parser, args.sizes, min_positives=2)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     print(f"torch {torch.__version__}, {device} ({device_description(device)})", file=sys.stderr)

@@ -36,6 +36,7 @@ from benchmarks.losses import (
     focal_call,
     make_batch,
     parse_losses_and_device,
+    parse_size_pairs,
     synchronize,
 )
 from detlosses.ranking import engine
@@ -128,12 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
     if args.lanes is not None and args.lanes < 1:
         parser.error("--lanes must be >= 1")
-    try:
-        args.pairs = [tuple(int(float(v)) for v in pair.lower().split("x", 1)) for pair in args.sizes.split(",")]
-    except ValueError:
-        parser.error(f"--sizes must be comma-separated NxP pairs such as 1000000x1000, got {args.sizes!r}")
-    if any(len(pair) != 2 or pair[0] < 1 or not 1 <= pair[1] <= pair[0] for pair in args.pairs):
-        parser.error(f"--sizes: every pair needs 1 <= P <= N, got {args.sizes!r}")
+    args.pairs = parse_size_pairs(parser, args.sizes)
     lanes = engine._LANES
     if args.lanes is not None:
         engine._LANES = args.lanes

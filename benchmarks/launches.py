@@ -71,7 +71,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import platform
@@ -96,6 +95,7 @@ from benchmarks.losses import (
     make_batch,
     measure,
     parse_losses_and_device,
+    sizes_parser,
     write_outputs,
 )
 
@@ -605,10 +605,7 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated NxP pairs (default %(default)s)")
-    parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of " + ",".join(LOSSES))
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
+    parser = sizes_parser(__doc__, DEFAULT_SIZES, LOSSES)
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per loss on CUDA")
     parser.add_argument("--criteria", default="", help="also count the detector criteria (comma-separated, or 'all')"
                         " on a fake RetinaNet batch: assignment + criterion + backward")

@@ -409,6 +409,26 @@ def parse_losses_and_device(parser: argparse.ArgumentParser, losses_text: str, d
     return losses, device
 
 
+def sizes_parser(doc: str, default_sizes: str, losses: tuple[str, ...]) -> argparse.ArgumentParser:
+    """A command line with ``--sizes`` (``NxP`` pairs), ``--losses`` and ``--device``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--sizes", default=default_sizes, help="comma-separated NxP pairs (default %(default)s)")
+    parser.add_argument("--losses", default=",".join(losses), help="comma-separated subset of " + ",".join(losses))
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
+    return parser
+
+
+def parse_size_pairs(parser: argparse.ArgumentParser, text: str, min_positives: int = 1) -> list[tuple[int, int]]:
+    """``--sizes`` as comma-separated ``NxP`` pairs (``1e6x1000``); a bad value is one argparse error."""
+    try:
+        pairs = [tuple(int(float(v)) for v in pair.lower().split("x", 1)) for pair in text.split(",")]
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated NxP pairs such as 1000000x1000, got {text!r}")
+    if any(len(pair) != 2 or pair[0] < 1 or not min_positives <= pair[1] <= pair[0] for pair in pairs):
+        parser.error(f"--sizes: every pair needs {min_positives} <= P <= N, got {text!r}")
+    return pairs
+
+
 def add_cuda_graphs_switch(parser: argparse.ArgumentParser) -> None:
     """``--no-cuda-graphs``: time the ranking losses' eager path on CUDA (see :func:`apply_cuda_graphs_switch`)."""
     parser.add_argument("--no-cuda-graphs", action="store_true",

@@ -22,6 +22,11 @@ def run(logits, targets, **kwargs):
 
 @given(batch=ranking_batches(), delta=st.sampled_from(DELTAS), interpolate=st.booleans())
 def test_matches_dense_reference(batch, delta, interpolate):
+    check_against_reference(batch, delta, interpolate)
+
+
+def check_against_reference(batch, delta, interpolate):
+    """Value and gradient against the dense float64 reference."""
     logits, targets, _ = batch
     loss, grad = run(logits, targets, delta=delta, interpolate=interpolate)
     ref_loss, ref_grad = reference.ap_loss(logits, targets, delta, interpolate)

@@ -24,6 +24,11 @@ def run(logits, targets, **kwargs):
 
 @given(batch=ranking_batches(continuous=True), delta=st.sampled_from(DELTAS))
 def test_matches_dense_reference(batch, delta):
+    check_against_reference(batch, delta)
+
+
+def check_against_reference(batch, delta):
+    """Both components and their gradients against the dense float64 reference."""
     logits, targets, _ = batch
     ranking, sorting, grad_r, grad_s = run(logits, targets, delta=delta)
     ref = reference.rank_sort_loss(logits, targets, delta)

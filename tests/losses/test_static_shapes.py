@@ -17,13 +17,11 @@ from hypothesis import strategies as st
 import detlosses
 from detlosses.losses import _graphs
 
-from . import reference
 from .strategies import DELTAS, ranking_batches
-from .test_alrp_loss import errors_for
-from .test_alrp_loss import run as run_alrp
-from .test_ap_loss import run as run_ap
+from .test_alrp_loss import check_against_reference as check_alrp
+from .test_ap_loss import check_against_reference as check_ap
 from .test_parameterized_ap_loss import compare as compare_pap
-from .test_rank_sort_loss import run as run_rank_sort
+from .test_rank_sort_loss import check_against_reference as check_rank_sort
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -42,36 +40,20 @@ def test_capacity_is_a_power_of_two_of_at_least_64():
 
 @given(batch=ranking_batches(), delta=st.sampled_from(DELTAS), interpolate=st.booleans())
 def test_ap_loss(batch, delta, interpolate):
-    logits, targets, _ = batch
     with _graphs.force_static_shapes():
-        loss, grad = run_ap(logits, targets, delta=delta, interpolate=interpolate)
-    ref_loss, ref_grad = reference.ap_loss(logits, targets, delta, interpolate)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-7, atol=1e-12)
+        check_ap(batch, delta, interpolate)
 
 
 @given(batch=ranking_batches(), delta=st.sampled_from(DELTAS))
 def test_alrp_loss(batch, delta):
-    logits, targets, case = batch
-    errors = errors_for(targets)
     with _graphs.force_static_shapes():
-        cls, loc, grad, e_grad = run_alrp(logits, targets, errors, delta=delta)
-    ref_cls, ref_loc, ref_grad, ref_e_grad = reference.alrp_loss(logits, targets, errors, delta)
-    torch.testing.assert_close(cls, ref_cls, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(loc, ref_loc, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-7, atol=1e-12)
-    if case != "no_positives" and errors.numel():
-        torch.testing.assert_close(e_grad, ref_e_grad, rtol=1e-9, atol=1e-12)
+        check_alrp(batch, delta)
 
 
 @given(batch=ranking_batches(continuous=True), delta=st.sampled_from(DELTAS))
 def test_rank_sort_loss(batch, delta):
-    logits, targets, _ = batch
     with _graphs.force_static_shapes():
-        ranking, sorting, grad_r, grad_s = run_rank_sort(logits, targets, delta=delta)
-    ref = reference.rank_sort_loss(logits, targets, delta)
-    for got, want in zip((ranking, sorting, grad_r, grad_s), ref, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-12)
+        check_rank_sort(batch, delta)
 
 
 @given(batch=ranking_batches(max_size=160), form=st.sampled_from(["retinanet", "retinanet4", "linear", "square"]),
