@@ -46,7 +46,7 @@ def test_a_failed_check_is_named_when_the_block_ends(where, name):
         targets[0, 0] = 0.5
     with pytest.raises(ValueError, match=name), deferred_checks():
         _two_losses(logits, targets, pred, target)
-    assert _validation._DEFERRED is None
+    assert _validation.pending_checks() is None
 
 
 def test_an_error_inside_the_block_is_not_masked_and_nothing_stays_pending():
@@ -55,7 +55,7 @@ def test_an_error_inside_the_block_is_not_masked_and_nothing_stays_pending():
     with pytest.raises(KeyError), deferred_checks():
         GHMC(momentum=0.0)(logits, targets)
         raise KeyError("the block's own error")
-    assert _validation._DEFERRED is None
+    assert _validation.pending_checks() is None
     _two_losses(*_inputs())  # reads at once again
 
 
@@ -65,7 +65,7 @@ def test_nested_blocks_read_once_at_the_outer_end():
     with pytest.raises(ValueError, match="pred"), deferred_checks():
         with deferred_checks():
             _two_losses(logits, targets, pred, target)
-        assert len(_validation._DEFERRED) == 2  # still pending after the inner block
+        assert len(_validation.pending_checks()) == 2  # still pending after the inner block
 
 
 def test_validation_off_defers_nothing():
@@ -75,7 +75,7 @@ def test_validation_off_defers_nothing():
     try:
         with deferred_checks():
             _two_losses(logits, targets, pred, target)
-            assert _validation._DEFERRED == []
+            assert _validation.pending_checks() == []
     finally:
         detlosses.set_validate_args(True)
 
@@ -92,4 +92,25 @@ def test_a_criterion_names_a_bad_box_prediction():
     batch = DenseAssignment.from_matches(fake["targets"], head, fake["anchors"], fake["matched"], fake["box_coder"])
     with pytest.raises(ValueError, match="pred"):
         build_criterion("ghm")(batch)
-    assert _validation._DEFERRED is None
+    assert _validation.pending_checks() is None
+
+
+def test_a_block_holds_its_own_threads_checks_only():
+    import threading
+
+    logits, targets, pred, target = _inputs()
+    pred[0, 0] = float("nan")
+    errors = []
+
+    def other_thread():  # no block here: its checks read at once and raise at once
+        try:
+            _two_losses(logits, targets, pred, target)
+        except ValueError as error:
+            errors.append(error)
+
+    with deferred_checks():
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert _validation.pending_checks() == []
+    assert len(errors) == 1 and "pred" in str(errors[0])

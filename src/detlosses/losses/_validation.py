@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -163,7 +164,12 @@ def check_nonnegative_scalar(value: float, name: str) -> float:
 
 Check = tuple[Tensor, str, str]
 _COUNTED_RULES = {"ternary": (0.0, 1.0, -1.0), "binary": (0.0, 1.0)}  # rule -> the values allowed
-_DEFERRED: list[tuple[tuple[Check, ...], list[Tensor]]] | None = None
+_PENDING = threading.local()  # .groups: the checks a deferred_checks block holds (per thread)
+
+
+def pending_checks() -> list[tuple[tuple[Check, ...], list[Tensor]]] | None:
+    """The checks held by this thread's :func:`deferred_checks` block (``None``: no block)."""
+    return getattr(_PENDING, "groups", None)
 
 
 def fused_checks(*checks: Check) -> None:
@@ -190,8 +196,9 @@ def fused_checks(*checks: Check) -> None:
             stats.append(outside.sum(dtype=torch.float64))
         else:
             stats.extend(torch.aminmax(v))
-    if _DEFERRED is not None:
-        _DEFERRED.append((checks, stats))
+    pending = pending_checks()
+    if pending is not None:
+        pending.append((checks, stats))
         return
     _judge([(checks, stats)])
 
@@ -203,19 +210,17 @@ def deferred_checks() -> Iterator[None]:
     A detector criterion that calls two losses (GHM-C and GHM-R, say) would otherwise read the
     device twice per step; each read makes the host wait for the device. A failed check raises
     its ``ValueError`` when the block ends (not if the block itself raised). Losses that must read
-    the device anyway (the ranking losses: their number of positives) still check at once.
+    the device anyway (the ranking losses: their number of positives) still check at once. The
+    block holds the checks of its own thread only (``nn.DataParallel`` runs replicas in threads).
     """
-    global _DEFERRED
-    if _DEFERRED is not None:  # nested: the outer block reads
+    if pending_checks() is not None:  # nested: the outer block reads
         yield
         return
-    _DEFERRED = pending = []
+    _PENDING.groups = pending = []
     try:
         yield
-    except BaseException:
-        _DEFERRED = None
-        raise
-    _DEFERRED = None
+    finally:
+        _PENDING.groups = None
     if pending:
         _judge(pending)
 
