@@ -195,7 +195,7 @@ def clear() -> None:
 
 def _eligible(batch: _ranking.RankingBatch) -> bool:
     device = batch.scores.device
-    if not batch.graphable or batch.context.active or batch.valid is not None:
+    if not batch.graphable or batch.context.active:
         return False
     if _FORCED:
         return True
