@@ -106,6 +106,43 @@ def test_kernel_validation():
         PiecewisePolynomialKernel((0.0,), ((0, 1, 0), (0, 0, 0)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bank", sorted(BANKS))
+def test_cpu_chunks_give_the_same_buckets_sums_and_adjoint(bank, dtype, monkeypatch):
+    """The CPU's per-point work in chunks (from a million points on) against the same work in one
+    piece (itself checked against dense sums above): ties, points on the edges, points left out, a
+    shorter last chunk."""
+    from detlosses.ranking import engine
+
+    kernels = HingeKernels.of(*BANKS[bank])
+    g = torch.Generator().manual_seed(7)
+    q = (torch.round(torch.randn(40, generator=g, dtype=torch.float64) * 4) / 4).to(dtype)
+    edges = Windows(q, kernels).sorted_edges
+    x = torch.cat([edges, torch.randn(4000, generator=g, dtype=torch.float64).to(dtype) * 2,
+                   torch.round(torch.randn(1000, generator=g, dtype=torch.float64) * 4).to(dtype) / 4])
+    x = x[torch.randperm(x.numel(), generator=g)]
+    keep = torch.rand(x.numel(), generator=g) < 0.8
+    c = torch.randn(40, generator=g, dtype=torch.float64)
+    monkeypatch.setattr(engine, "_GRID_MIN_POINTS", 1)
+
+    def evaluate():
+        windows = Windows(q, kernels)
+        points = windows.points(x, keep=keep)
+        sums = windows.query_sums([(points, None)]).reshape(40, kernels.num_kernels)
+        adjoint = torch.stack([windows.point_sums(points, c, k) for k in range(kernels.num_kernels)], 1)
+        return points.buckets, sums, adjoint
+
+    whole = evaluate()
+    monkeypatch.setattr(engine, "_CPU_CHUNK_MIN_POINTS", 1)
+    monkeypatch.setattr(engine, "_CPU_CHUNK", 97)  # 54 chunks, the last one shorter
+    assert engine._cpu_chunks(x) is not None
+    buckets, sums, adjoint = evaluate()
+    assert buckets.dtype == torch.int32
+    torch.testing.assert_close(buckets.long(), torch.searchsorted(edges, x) * keep, rtol=0, atol=0)
+    torch.testing.assert_close(sums, whole[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(adjoint, whole[2], rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-9)
+
+
 @pytest.mark.parametrize("m", [1024 * 13, 64 * 157, 64 * 157 + 8, 64 * 157 + 1])  # 1024, 64, 8 and 1 lanes (L = 60)
 @pytest.mark.parametrize("bank", ["smoothed", "square"])
 def test_lane_accumulation_gives_the_same_sums(bank, m, monkeypatch):
