@@ -123,7 +123,7 @@ def alrp_loss(
             )
 
     batch = prepare(logits, targets, HingeKernels.of(smoothed_step(delta)), context,
-                    checks=lambda _: [ValueCheck(loc_errors, "loc_errors")], before_windows=one_error_per_positive)
+                    checks=[ValueCheck(loc_errors, "loc_errors")], before_windows=one_error_per_positive)
     if batch is None:
         zero = no_positive_values(logits, 1)[0]
         return ALRPLossOutput(zero, loc_errors.sum() * 0.0)

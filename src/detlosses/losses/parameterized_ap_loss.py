@@ -326,8 +326,8 @@ def parameterized_ap_loss(
         raise ValueError(f"reg_weight must be a finite number > 0, got {reg_weight}")
     context = resolve_context(distributed)
     flat_ious = ious.reshape(-1)
-    batch = prepare(logits, targets, form.kernels, context, checks=lambda positive: [
-        ValueCheck(torch.where(positive, flat_ious.detach(), 0.5), "ious at the positives", "unit")])
+    batch = prepare(logits, targets, form.kernels, context,
+                    checks=[ValueCheck(flat_ious, "ious at the positives", "unit", at_positives=True)])
     if batch is None:
         return no_positive_values(logits, 1)[0] + flat_ious[:0].sum()
     candidates = None if topk is None else _candidate_mask(batch.targets, batch.scores, topk, context)

@@ -284,6 +284,7 @@ class Windows:
         self.beta = beta
         self._betas: tuple[Tensor, ...] | None = None
         self._grid: tuple[Tensor, Tensor, Tensor, int] | None = None
+        self._reference: tuple[Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ points
     def points(self, scores: Tensor, keep: Tensor | None = None, buckets: Tensor | None = None) -> PointSet:
@@ -431,11 +432,13 @@ class Windows:
         re-expanded in float64: exact to float32 rounding, half the memory traffic.
         """
         reference = None
-        if points.scores.dtype != torch.float32:
-            columns = table.unbind(0)
+        if points.scores.dtype != torch.float32 or points.scores.shape[0] < _GRID_MIN_POINTS:
+            columns = table.unbind(0)  # few points: float64 in x itself, fewer operators
         else:
-            reference = torch.cat([self.sorted_edges[:1], self.sorted_edges])  # (L + 1,) float32
-            r = reference.to(torch.float64)
+            if self._reference is None:  # (L + 1,) float32 and float64, once per call
+                reference = torch.cat([self.sorted_edges[:1], self.sorted_edges])
+                self._reference = (reference, reference.to(torch.float64))
+            reference, r = self._reference
             a = table.unbind(0)
             if len(a) == 2:
                 columns = [a[0] + a[1] * r, a[1]]
@@ -445,7 +448,7 @@ class Windows:
 
         def horner(buckets: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
             # index_select (int32 or int64 buckets): as fast as take on a chunk, twice at 1e5 points
-            if reference is None:
+            if reference is None:  # x: float64 (the chunk's, or points.values)
                 deviation = x
             else:
                 deviation = reference.index_select(0, buckets)
@@ -457,10 +460,11 @@ class Windows:
 
         chunks = _cpu_chunks(points.scores)
         if chunks is None:
-            return horner(points.buckets, points.scores)
+            return horner(points.buckets, points.values if reference is None else points.scores)
         sums = torch.empty(points.scores.shape, dtype=columns[0].dtype)
         for chunk in chunks:
-            horner(points.buckets[chunk], points.scores[chunk], out=sums[chunk])
+            x = points.scores[chunk]
+            horner(points.buckets[chunk], x.to(torch.float64) if reference is None else x, out=sums[chunk])
         return sums
 
     def _kernel_beta(self, kernel: int) -> Tensor:
@@ -471,7 +475,7 @@ class Windows:
 
     def point_sums(self, points: PointSet, coefficients: Tensor, kernel: int = 0) -> Tensor:
         """``G_j = sum_i c_i K_kernel(x_j - q_i)`` for every point (0 for points left out), ``(M,)``:
-        float64, or float32 for float32 scores on the CPU's fast path."""
+        float64, or float32 for 2^15 or more float32 scores on the CPU's fast path."""
         beta = self.beta if self.kernels.num_kernels == 1 else self._kernel_beta(kernel)
         # per-edge polynomials in x (one row per power), in sorted edge order, cumulated: bucket b
         # has the b lowest edges below it (bucket 0, and the points left out: none); (J, L + 1)
