@@ -31,10 +31,12 @@ def small_grid(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_grid_bucketing_equals_binary_search_at_every_boundary(dtype, small_grid):
+@pytest.mark.parametrize(("num_queries", "kernels"), [(300, (smoothed_step(0.5), STEP_CLOSED)),
+                                                      (1, (STEP_CLOSED,))])  # one edge: a zero-width grid
+def test_grid_bucketing_equals_binary_search_at_every_boundary(dtype, num_queries, kernels, small_grid):
     g = torch.Generator().manual_seed(0)
-    queries = torch.round(torch.randn(300, generator=g) * 8).to(dtype) / 8
-    windows = Windows(queries, HingeKernels.of(smoothed_step(0.5), STEP_CLOSED))
+    queries = torch.round(torch.randn(num_queries, generator=g) * 8).to(dtype) / 8
+    windows = Windows(queries, HingeKernels.of(*kernels))
     edges = windows.sorted_edges
     near = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
     points = torch.cat([near, torch.randn(100_003, generator=g).to(dtype) * 3, edges.new_tensor([-1e30, 1e30])])

@@ -283,7 +283,7 @@ class Windows:
             beta = torch.addcmul(coefficients[power], negated, beta)
         self.beta = beta
         self._betas: tuple[Tensor, ...] | None = None
-        self._grid: tuple[Tensor, Tensor, Tensor, int] | None = None
+        self._grid: tuple[float, float, Tensor, int] | None = None
         self._reference: tuple[Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ points
@@ -321,7 +321,7 @@ class Windows:
             self._grid_buckets(scores[chunk], None if keep is None else keep[chunk], grid, out=buckets[chunk])
         return buckets
 
-    def _grid_buckets(self, scores: Tensor, keep: Tensor | None, grid: tuple[Tensor, Tensor, Tensor, int],
+    def _grid_buckets(self, scores: Tensor, keep: Tensor | None, grid: tuple[float, float, Tensor, int],
                       out: Tensor | None = None) -> Tensor:
         scale, low, base, top = grid
         buckets = torch.index_select(base, 0, self._cells(scores, low, scale, top), out=out)
@@ -330,18 +330,20 @@ class Windows:
         return buckets if keep is None else buckets.masked_fill_(~keep, 0)
 
     @staticmethod
-    def _cells(values: Tensor, low: Tensor, scale: Tensor, top: int) -> Tensor:
+    def _cells(values: Tensor, low: float, scale: float, top: int) -> Tensor:
         # a monotone map computed by the same correctly rounded operations for edges and points:
         # an edge in a lower cell is below the point, an edge in a higher cell above it. ``low`` is
         # two cells below the lowest edge, so the points below every edge share cell 0 with none.
         return torch.sub(values, low).mul_(scale).clamp_(0.0, float(top)).int()
 
-    def _grid_tables(self, num_points: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    def _grid_tables(self, num_points: int) -> tuple[float, float, Tensor, int]:
         if self._grid is None:
             inner = int(min(max(_GRID_CELLS_PER_EDGE * self.num_edges, _GRID_MIN_CELLS), _GRID_MAX_CELLS,
                             max(_GRID_MIN_CELLS, num_points // 4)))
-            scale = inner / (self.sorted_edges[-1:] - self.sorted_edges[:1]).clamp_(min=1e-30)
-            low = self.sorted_edges[:1] - 2.0 / scale
+            # the lowest and highest edge as numbers (a host read, which on the CPU waits for nothing)
+            lowest, highest = self.sorted_edges[[0, -1]].tolist()
+            scale = inner / max(highest - lowest, 1e-30)
+            low = lowest - 2.0 / scale
             top = inner + 4
             counts = torch.bincount(self._cells(self.sorted_edges, low, scale, top), minlength=top + 1)
             # cell c holds counts[c] edges; a point in a cell without an edge has the edges of the
