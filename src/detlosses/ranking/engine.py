@@ -341,7 +341,8 @@ class Windows:
             inner = int(min(max(_GRID_CELLS_PER_EDGE * self.num_edges, _GRID_MIN_CELLS), _GRID_MAX_CELLS,
                             max(_GRID_MIN_CELLS, num_points // 4)))
             # the lowest and highest edge as numbers (a host read, which on the CPU waits for nothing)
-            lowest, highest = self.sorted_edges[[0, -1]].tolist()
+            ends = self.sorted_edges[:: max(self.num_edges - 1, 1)].tolist()  # a strided view: no copy
+            lowest, highest = ends[0], ends[-1]
             scale = inner / max(highest - lowest, 1e-30)
             low = lowest - 2.0 / scale
             top = inner + 4
@@ -384,7 +385,11 @@ class Windows:
         # moments of the points above each edge (suffix sums over the buckets), (C, J, m, P)
         above = table.flip(-1).cumsum(-1)[..., self.above_index]
         single = self.kernels.num_kernels == 1
-        sums = torch.einsum("cjri,jri->ic" if single else "cjri,kjri->ikc", above, self.beta)
+        if _CPU_FAST_PATHS and device.type == "cpu":  # a product and a sum: 2-3x faster than einsum here
+            sums = (above * self.beta).sum((1, 2)).t() if single else \
+                (above.unsqueeze(1) * self.beta).sum((2, 3)).permute(2, 1, 0)
+        else:
+            sums = torch.einsum("cjri,jri->ic" if single else "cjri,kjri->ikc", above, self.beta)
         if any(b != 0.0 for b in self.kernels.base):  # base * the weight of every point taking part
             totals = torch.cat([(torch.tensor([points.scores.numel()], dtype=torch.float64, device=device)
                                  if points.keep is None
@@ -443,10 +448,11 @@ class Windows:
             reference, r = self._reference
             a = table.unbind(0)
             if len(a) == 2:
-                columns = [a[0] + a[1] * r, a[1]]
+                columns = [torch.addcmul(a[0], a[1], r), a[1]]
             else:
-                columns = [a[0] + (a[1] + a[2] * r) * r, a[1] + 2.0 * a[2] * r, a[2]]
-            columns = torch.stack(columns).to(torch.float32).unbind(0)
+                columns = [torch.addcmul(a[0], torch.addcmul(a[1], a[2], r), r),
+                           torch.addcmul(a[1], a[2], r, value=2.0), a[2]]
+            columns = [column.to(torch.float32) for column in columns]
 
         def horner(buckets: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
             # index_select (int32 or int64 buckets): as fast as take on a chunk, twice at 1e5 points
