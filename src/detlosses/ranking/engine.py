@@ -344,8 +344,13 @@ class Windows:
             ends = self.sorted_edges[:: max(self.num_edges - 1, 1)].tolist()  # a strided view: no copy
             lowest, highest = ends[0], ends[-1]
             scale = inner / max(highest - lowest, 1e-30)
-            low = lowest - 2.0 / scale
-            top = inner + 4
+            # ``low`` two cells below the lowest edge, and at least 8 float32 ulps below it (so that
+            # it stays below once rounded to the scores' dtype) unless that would double the table
+            margin = 2.0 / scale
+            if margin < abs(lowest) * 2.0**-20 <= inner / scale:
+                margin = abs(lowest) * 2.0**-20
+            low = lowest - margin
+            top = int(math.ceil((highest - low) * scale)) + 4
             counts = torch.bincount(self._cells(self.sorted_edges, low, scale, top), minlength=top + 1)
             # cell c holds counts[c] edges; a point in a cell without an edge has the edges of the
             # lower cells below it (-1: finish by binary search)
