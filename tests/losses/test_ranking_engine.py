@@ -122,7 +122,8 @@ def test_cpu_chunks_give_the_same_buckets_sums_and_adjoint(bank, dtype, monkeypa
     edges = Windows(q, kernels).sorted_edges
     x = torch.cat([edges, torch.randn(4000, generator=g, dtype=torch.float64).to(dtype) * 2,
                    torch.round(torch.randn(1000, generator=g, dtype=torch.float64) * 4).to(dtype) / 4])
-    x = x[torch.randperm(x.numel(), generator=g)]
+    order = torch.randperm(x.numel(), generator=g)
+    x, off_edges = x[order], order >= edges.numel()
     keep = torch.rand(x.numel(), generator=g) < 0.8
     c = torch.randn(40, generator=g, dtype=torch.float64)
     monkeypatch.setattr(engine, "_GRID_MIN_POINTS", 1)
@@ -135,6 +136,13 @@ def test_cpu_chunks_give_the_same_buckets_sums_and_adjoint(bank, dtype, monkeypa
         return points.buckets, sums, adjoint
 
     whole = evaluate()
+    # the one-piece adjoint (bucket rows packed into one complex look-up) against dense float64, at
+    # the points off the edges (on an edge, x - q need not round to the breakpoint)
+    q64, x64 = q.to(torch.float64), x[off_edges].to(torch.float64)
+    for k, kernel in enumerate(BANKS[bank]):
+        dense = (kernel(x64[None, :] - q64[:, None]) * keep[off_edges]).T @ c
+        tolerance = 1e-5 * float(c.abs().sum()) if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(whole[2][off_edges, k].to(torch.float64), dense, rtol=0, atol=tolerance)
     monkeypatch.setattr(engine, "_CPU_CHUNK_MIN_POINTS", 1)
     monkeypatch.setattr(engine, "_CPU_CHUNK", 97)  # 54 chunks, the last one shorter
     assert engine._cpu_chunks(x) is not None

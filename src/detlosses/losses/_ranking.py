@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import DistributedContext
-from ..ranking.engine import HingeKernels, PointSet, Windows, cpu_fast_paths_enabled, working_dtype
+from ..ranking.engine import AdjointTable, HingeKernels, PointSet, Windows, cpu_fast_paths_enabled, working_dtype
 from . import _graphs
 from ._validation import (
     check_continuous_targets,
@@ -176,14 +176,23 @@ class RankingBatch:
             sums = torch.cat([self.context.all_reduce_sum(sums[:, :, :1]), sums[:, :, 1:]], 2)
         return list(sums.reshape(sums.shape[0], -1).unbind(1))
 
-    def negative_gradient(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
-        """``sum_i c_i K(s_j - s_i)`` for every local negative ``j``, 0 elsewhere; ``(N,)``, float64
-        (float32 for float32 scores on the CPU's fast path)."""
-        return self.windows.point_sums(self.negatives, self.masked(coefficients), kernel)
+    def adjoint_table(self, coefficients: Tensor, kernels: Sequence[int]) -> AdjointTable:
+        """``coefficients`` (per positive) ready for the adjoints of several ``kernels``: pass it to
+        :meth:`negative_gradient` and :meth:`positive_adjoint` instead of the coefficients, to build
+        the per-bucket table once for all of them."""
+        return self.windows.adjoint_table(self.masked(coefficients), kernels)
 
-    def positive_adjoint(self, coefficients: Tensor, kernel: int = 0) -> Tensor:
+    def negative_gradient(self, coefficients: Tensor | AdjointTable, kernel: int = 0, scale: float = 1.0) -> Tensor:
+        """``scale sum_i c_i K(s_j - s_i)`` for every local negative ``j``, 0 elsewhere; ``(N,)``,
+        float64 (float32 for float32 scores on the CPU's fast path)."""
+        return self.windows.point_sums(self.negatives, self._coefficients(coefficients), kernel, scale)
+
+    def positive_adjoint(self, coefficients: Tensor | AdjointTable, kernel: int = 0) -> Tensor:
         """``sum_i c_i K(s_l - s_i)`` for every positive ``l`` (all ranks), float64 ``(P,)``."""
-        return self.windows.point_sums(self.positives, self.masked(coefficients), kernel)
+        return self.windows.point_sums(self.positives, self._coefficients(coefficients), kernel)
+
+    def _coefficients(self, coefficients: Tensor | AdjointTable) -> Tensor | AdjointTable:
+        return coefficients if isinstance(coefficients, AdjointTable) else self.masked(coefficients)
 
 
 def _range(values: Tensor) -> list[Tensor]:

@@ -178,7 +178,9 @@ def _window_sums(batch: RankingBatch, weights: Tensor) -> tuple[Tensor, ...]:
     """Per positive: ``H2`` and ``H2'`` sums over the candidate negatives, the same over the
     candidate positives weighted by ``w``, and ``sum_S H1``; ``weights`` ``(P, 2)`` = [in S, w in S]."""
     sums = batch.sums(weights)  # per kernel: negatives, positives in S, positives weighted by w
-    h1 = sum(sums[3 * k] + sums[3 * k + 1] for k in range(_H1, len(sums) // 3))
+    h1 = sums[3 * _H1] + sums[3 * _H1 + 1]
+    for k in range(_H1 + 1, len(sums) // 3):
+        h1 = h1 + sums[3 * k] + sums[3 * k + 1]
     return sums[3 * _H2], sums[3 * _H2_SLOPE], sums[3 * _H2 + 2], sums[3 * _H2_SLOPE + 2], h1
 
 
@@ -225,11 +227,11 @@ def _pap_formula_of(form: _Form):
 def _formula(form: _Form, candidates: Tensor | None):
     def formula(batch: RankingBatch) -> RankingGradients:
         u = batch.extra
-        in_s = torch.ones_like(u) if candidates is None else candidates[batch.positive_index].to(u.dtype)
-        if candidates is not None:
-            in_s = batch.gather(in_s)
+        in_s = None if candidates is None else batch.gather(candidates[batch.positive_index].to(u.dtype))
         i_values, i_slopes = form.i_values(u)
-        weights = torch.stack([in_s, (1.0 - i_values[:, 1]) * in_s], 1)
+        (i1, i2, i3), (d1, d2, d3) = i_values.unbind(1), i_slopes.unbind(1)
+        w = 1.0 - i2 if in_s is None else (1.0 - i2) * in_s  # a positive's weight in the H2 sums
+        weights = torch.stack([torch.ones_like(u) if in_s is None else in_s, w], 1)
         w_neg = form.negative_weight
         if form.form == "sigmoid":
             dense = _DenseSigmoid(batch, batch.negative_mask if candidates is None else candidates)
@@ -239,23 +241,27 @@ def _formula(form: _Form, candidates: Tensor | None):
             neg_slope = batch.context.all_reduce_sum(neg_slope)
             pos_h, pos_slope = dense.query_sums(dense.queries, weights[:, 1])
             h1 = neg_h + dense.query_sums(dense.queries, weights[:, 0])[0]
-            h2, slope_sum = w_neg * neg_h + pos_h, w_neg * neg_slope + pos_slope
+            h2, slope_sum = torch.add(pos_h, neg_h, alpha=w_neg), torch.add(pos_slope, neg_slope, alpha=w_neg)
         else:
             neg_h2, neg_slope, pos_h2, pos_slope, h1 = _window_sums(batch, weights)
-            h2, slope_sum = w_neg * neg_h2 + pos_h2, w_neg * neg_slope + pos_slope
-        ratio = torch.where(h1 > 0, h2 / h1.clamp(min=1e-300), 0.0)
-        num_pos, scale = batch.num_positives, batch.context.gradient_scale
-        value = batch.mean((1.0 - i_values[:, 0]) + i_values[:, 2] * ratio, batch.scores.dtype)
-        g = torch.where(h1 > 0, i_values[:, 2] / h1.clamp(min=1e-300), 0.0) * (scale / num_pos)
+            h2, slope_sum = torch.add(pos_h2, neg_h2, alpha=w_neg), torch.add(pos_slope, neg_slope, alpha=w_neg)
+        inverse = torch.where(h1 > 0, h1.clamp(min=1e-300).reciprocal(), 0.0)  # 1 / H1 (0 where H1 is 0)
+        ratio = h2 * inverse
+        per_positive = batch.context.gradient_scale / batch.num_positives
+        value = batch.mean(torch.addcmul(1.0 - i1, i3, ratio), batch.scores.dtype)
+        g = i3 * inverse.mul_(per_positive)
         if form.form == "sigmoid":
             negative_grad = dense.adjoint(dense.points, g)[1].mul_(keep).mul_(w_neg).to(batch.scores.dtype)
             point_value, point_slope = dense.adjoint(dense.queries, g)
-        else:
-            negative_grad = batch.negative_gradient(g * w_neg, kernel=_H2_SLOPE)
-            point_value = batch.positive_adjoint(g, kernel=_H2)
-            point_slope = batch.positive_adjoint(g, kernel=_H2_SLOPE)
-        positive_grad = weights[:, 1] * point_slope - g * slope_sum
-        u_grad = (i_slopes[:, 2] * ratio - i_slopes[:, 0]) * (scale / num_pos) - i_slopes[:, 1] * in_s * point_value
+        else:  # one table for both kernels (the negatives' sums are the slope's, times w_neg)
+            adjoint = batch.adjoint_table(g, (_H2, _H2_SLOPE))
+            negative_grad = batch.negative_gradient(adjoint, kernel=_H2_SLOPE, scale=w_neg)
+            point_value = batch.positive_adjoint(adjoint, kernel=_H2)
+            point_slope = batch.positive_adjoint(adjoint, kernel=_H2_SLOPE)
+        positive_grad = torch.addcmul(w * point_slope, g, slope_sum, value=-1.0)
+        # d loss / d u = (I3' ratio - I1') / P - I2' [in S] (sum_i g_i H2(s_l - s_i))
+        u_grad = torch.addcmul(d1, d3, ratio, value=-1.0).mul_(-per_positive)
+        u_grad = torch.addcmul(u_grad, d2 if in_s is None else d2 * in_s, point_value, value=-1.0)
         return RankingGradients(values=[value], negatives=[negative_grad],
                                 positives=[positive_grad], extra=[u_grad])
 

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from .kernels import PiecewisePolynomialKernel
 
-__all__ = ["HingeKernels", "Windows", "working_dtype", "set_cpu_fast_paths"]
+__all__ = ["AdjointTable", "HingeKernels", "Windows", "working_dtype", "set_cpu_fast_paths"]
 
 # On the CPU, from this many points on, a uniform grid buckets faster than a binary search per point
 # (a binary search per point is memory-latency bound there: ~30 ms for 1e6 points and 2000 edges);
@@ -251,6 +251,24 @@ class PointSet:
         return rows.view(-1, *shape) if shape else rows
 
 
+@dataclass(frozen=True)
+class AdjointTable:
+    """Per bucket, the polynomials in ``x`` of the adjoint sums of some kernels
+    (:meth:`Windows.adjoint_table`): ``J`` rows per kernel, ``(K' J, L + 1)`` float64."""
+
+    rows: Tensor
+    kernels: tuple[int, ...]
+    bases: tuple[float, ...]
+
+    def of(self, kernel: int, rows: int) -> tuple[Tensor, float]:
+        """The ``(J, L + 1)`` rows of ``kernel`` and its base value."""
+        if kernel not in self.kernels:
+            raise ValueError(f"kernel {kernel} is not in this adjoint table (kernels {self.kernels})")
+        index = self.kernels.index(kernel)
+        table = self.rows if len(self.kernels) == 1 else self.rows.narrow(0, index * rows, rows)
+        return table, self.bases[index]
+
+
 class Windows:
     """The sorted window edges ``q_i + a_r`` of the queries for a set of kernels.
 
@@ -324,17 +342,19 @@ class Windows:
     def _grid_buckets(self, scores: Tensor, keep: Tensor | None, grid: tuple[float, float, Tensor, int],
                       out: Tensor | None = None) -> Tensor:
         scale, low, base, top = grid
-        buckets = torch.index_select(base, 0, self._cells(scores, low, scale, top), out=out)
+        buckets = torch.index_select(base, 0, self._cells(scores, low, scale, top, keep), out=out)
         dirty = (buckets < 0).nonzero().squeeze(1)
         buckets[dirty] = torch.searchsorted(self.sorted_edges, scores[dirty], out_int32=True)
-        return buckets if keep is None else buckets.masked_fill_(~keep, 0)
+        return buckets
 
     @staticmethod
-    def _cells(values: Tensor, low: float, scale: float, top: int) -> Tensor:
+    def _cells(values: Tensor, low: float, scale: float, top: int, keep: Tensor | None = None) -> Tensor:
         # a monotone map computed by the same correctly rounded operations for edges and points:
         # an edge in a lower cell is below the point, an edge in a higher cell above it. ``low`` is
-        # two cells below the lowest edge, so the points below every edge share cell 0 with none.
-        return torch.sub(values, low).mul_(scale).clamp_(0.0, float(top)).int()
+        # two cells below the lowest edge, so the points below every edge share cell 1 with none;
+        # cell 0 is reserved for the points left out (bucket 0 whatever the edges: no edge is there)
+        cells = torch.sub(values, low).mul_(scale).clamp_(1.0, float(top))
+        return (cells if keep is None else cells.mul_(keep)).int()
 
     def _grid_tables(self, num_points: int) -> tuple[float, float, Tensor, int]:
         if self._grid is None:
@@ -353,7 +373,7 @@ class Windows:
             top = int(math.ceil((highest - low) * scale)) + 4
             counts = torch.bincount(self._cells(self.sorted_edges, low, scale, top), minlength=top + 1)
             # cell c holds counts[c] edges; a point in a cell without an edge has the edges of the
-            # lower cells below it (-1: finish by binary search)
+            # lower cells below it (-1: finish by binary search); cell 0 holds none (base 0)
             base = torch.where(counts > 0, -1, counts.cumsum(0).sub_(counts)).int()
             self._grid = (scale, low, base, top)
         return self._grid
@@ -440,45 +460,76 @@ class Windows:
     def _cpu_point_sums(self, table: Tensor, points: PointSet) -> Tensor:
         """The CPU's evaluation of ``G`` (``table``: ``(J, L + 1)`` polynomials in ``x``, float64).
 
-        Horner with one look-up per power, chunk by chunk for large sets. For float32 scores it runs
-        in float32 about each bucket's lower edge ``r_b``, ``G = sum_j B_j (x - r_b)^j`` with ``B``
-        re-expanded in float64: exact to float32 rounding, half the memory traffic.
+        Horner after a look-up of each point's bucket row, chunk by chunk for large sets. For float32
+        scores it runs in float32 about each bucket's lower edge ``r_b``, ``G = sum_j B_j (x - r_b)^j``
+        with ``B`` re-expanded in float64: exact to float32 rounding, half the memory traffic. For
+        2^15 points or more, a bucket's coefficients are packed into one complex element (8 or 16
+        bytes), so that one look-up fetches them: on the CPU a look-up costs about as much for 16
+        bytes as for 4 (this CPU, 1e5 points: ~90 us each; degree 1 took 3 of them, now 2).
         """
-        reference = None
-        if points.scores.dtype != torch.float32 or points.scores.shape[0] < _GRID_MIN_POINTS:
-            columns = table.unbind(0)  # few points: float64 in x itself, fewer operators
-        else:
+        if points.scores.shape[0] < _GRID_MIN_POINTS:  # few points: float64 in x, fewer operators
+            columns = table.unbind(0)
+
+            def horner(buckets: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
+                sums = columns[-1].index_select(0, buckets)
+                for power in range(len(columns) - 2, 0, -1):
+                    sums = columns[power].index_select(0, buckets).addcmul_(sums, x)
+                return torch.addcmul(columns[0].index_select(0, buckets), sums, x, out=out)
+
+            return horner(points.buckets, points.values)
+        relative = points.scores.dtype == torch.float32
+        a = table.unbind(0)
+        degree = len(a) - 1
+        reference = last = None
+        if relative:  # float32 rows about each bucket's lower edge r_b
             if self._reference is None:  # (L + 1,) float32 and float64, once per call
                 reference = torch.cat([self.sorted_edges[:1], self.sorted_edges])
                 self._reference = (reference, reference.to(torch.float64))
             reference, r = self._reference
-            a = table.unbind(0)
-            if len(a) == 2:
-                columns = [torch.addcmul(a[0], a[1], r), a[1]]
-            else:
-                columns = [torch.addcmul(a[0], torch.addcmul(a[1], a[2], r), r),
-                           torch.addcmul(a[1], a[2], r, value=2.0), a[2]]
-            columns = [column.to(torch.float32) for column in columns]
+            if degree == 1:  # (B_0, B_1) in 8 bytes, r_b in a second look-up
+                rows = [torch.addcmul(a[0], a[1], r), a[1]]
+            else:  # (r_b, B_0, B_1, B_2) in 16 bytes
+                rows = [r, torch.addcmul(a[0], torch.addcmul(a[1], a[2], r), r),
+                        torch.addcmul(a[1], a[2], r, value=2.0), a[2]]
+                reference = None
+            packed = torch.stack(rows, 1).to(torch.float32)
+            if degree == 2:
+                packed = packed.view(torch.float64)
+        else:  # float64 scores: (c_0, c_1) in one look-up, c_2 in a second
+            packed = torch.stack(a[:2], 1)
+            last = a[2] if degree == 2 else None
+        packed = torch.view_as_complex(packed)  # one element per bucket: its row
 
-        def horner(buckets: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
-            # index_select (int32 or int64 buckets): as fast as take on a chunk, twice at 1e5 points
-            if reference is None:  # x: float64 (the chunk's, or points.values)
-                deviation = x
-            else:
+        def packed_horner(buckets: Tensor, x: Tensor, out: Tensor | None = None,
+                          looked: Tensor | None = None) -> Tensor:
+            row = torch.view_as_real(torch.index_select(packed, 0, buckets, out=looked))
+            if row.dtype != x.dtype:
+                row = row.view(x.dtype)
+            row = row.unbind(1)
+            if reference is not None:
                 deviation = reference.index_select(0, buckets)
                 deviation = torch.sub(x, deviation, out=deviation)
-            sums = columns[-1].index_select(0, buckets)
-            for power in range(len(columns) - 2, 0, -1):
-                sums = columns[power].index_select(0, buckets).addcmul_(sums, deviation)
-            return torch.addcmul(columns[0].index_select(0, buckets), sums, deviation, out=out)
+            elif relative:
+                deviation = torch.sub(x, row[0], out=row[0])  # in the look-up's own memory
+                row = row[1:]
+            else:
+                deviation = x
+                if last is not None:
+                    row = (*row, last.index_select(0, buckets))
+            sums = row[degree]
+            for power in range(degree - 1, 0, -1):
+                sums = torch.addcmul(row[power], sums, deviation)
+            return torch.addcmul(row[0], sums, deviation, out=out)
 
         chunks = _cpu_chunks(points.scores)
         if chunks is None:
-            return horner(points.buckets, points.values if reference is None else points.scores)
-        sums = torch.empty(points.scores.shape, dtype=columns[0].dtype)
+            return packed_horner(points.buckets, points.scores if relative else points.values)
+        sums = torch.empty(points.scores.shape, dtype=points.scores.dtype)
+        looked = packed.new_empty(_CPU_CHUNK)  # one look-up buffer for every chunk
         for chunk in chunks:
             x = points.scores[chunk]
-            horner(points.buckets[chunk], x.to(torch.float64) if reference is None else x, out=sums[chunk])
+            packed_horner(points.buckets[chunk], x if relative else x.to(torch.float64), out=sums[chunk],
+                          looked=looked[: x.shape[0]])
         return sums
 
     def _kernel_beta(self, kernel: int) -> Tensor:
@@ -487,18 +538,43 @@ class Windows:
             self._betas = self.beta.unbind(0)
         return self._betas[kernel]
 
-    def point_sums(self, points: PointSet, coefficients: Tensor, kernel: int = 0) -> Tensor:
-        """``G_j = sum_i c_i K_kernel(x_j - q_i)`` for every point (0 for points left out), ``(M,)``:
-        float64, or float32 for 2^15 or more float32 scores on the CPU's fast path."""
-        beta = self.beta if self.kernels.num_kernels == 1 else self._kernel_beta(kernel)
+    def adjoint_table(self, coefficients: Tensor, kernels: Sequence[int] = (0,)) -> AdjointTable:
+        """The polynomials in ``x`` that give ``G = sum_i c_i K_k(x - q_i)`` in every bucket, for each
+        of ``kernels``: built once, evaluated at any point set by :meth:`point_sums`."""
+        kernels = tuple(kernels)
+        if self.kernels.num_kernels == 1:
+            beta = self.beta  # (J, m, P)
+        elif len(kernels) == 1:
+            beta = self._kernel_beta(kernels[0])
+        elif kernels == tuple(range(kernels[0], kernels[0] + len(kernels))):
+            beta = self.beta.narrow(0, kernels[0], len(kernels))  # (K', J, m, P): a view
+        else:
+            beta = torch.stack([self._kernel_beta(k) for k in kernels])
         # per-edge polynomials in x (one row per power), in sorted edge order, cumulated: bucket b
-        # has the b lowest edges below it (bucket 0, and the points left out: none); (J, L + 1)
-        per_edge = beta * coefficients  # (J, m, P)
-        cumulative = per_edge.reshape(per_edge.shape[0], self.num_edges).index_select(1, self.order).cumsum(1)
+        # has the b lowest edges below it (bucket 0, and the points left out: none); (K' J, L + 1)
+        per_edge = beta * coefficients
+        cumulative = per_edge.reshape(-1, self.num_edges).index_select(1, self.order).cumsum(1)
         table = torch.nn.functional.pad(cumulative, (1, 0))
-        base = self.kernels.base[kernel]
-        if base:  # every point taking part also sees base * sum(c)
-            table[0] += base * coefficients.sum()
+        bases = [self.kernels.base[k] for k in kernels]
+        if any(bases):  # every point taking part also sees base * sum(c)
+            total, rows = coefficients.sum(), self.kernels.degree + 1
+            for index, base in enumerate(bases):
+                if base:
+                    table[index * rows] += base * total
+        return AdjointTable(table, kernels, tuple(bases))
+
+    def point_sums(self, points: PointSet, coefficients: Tensor | AdjointTable, kernel: int = 0,
+                   scale: float = 1.0) -> Tensor:
+        """``G_j = scale sum_i c_i K_kernel(x_j - q_i)`` for every point (0 for points left out),
+        ``(M,)``: float64, or float32 for 2^15 or more float32 scores on the CPU's fast path.
+
+        ``coefficients``: ``c`` (``(P,)`` float64), or an :meth:`adjoint_table` holding ``kernel``.
+        """
+        if not isinstance(coefficients, AdjointTable):
+            coefficients = self.adjoint_table(coefficients, (kernel,))
+        table, base = coefficients.of(kernel, self.kernels.degree + 1)
+        if scale != 1.0:
+            table = table * scale
         if _CPU_FAST_PATHS and table.device.type == "cpu":
             sums = self._cpu_point_sums(table, points)
         else:
