@@ -64,7 +64,7 @@ def _rank_sort_formula(delta: float, eps: float):
                 None,
             ],
             positives=[
-                torch.where(ranks_active, -ranking_error, 0.0) * grad_scale,
+                torch.where(ranks_active, ranking_error, 0.0).mul_(-grad_scale),
                 (pairs.adjoint(sorting_spread) - torch.where(sorts_active, sorting_error, 0.0)) * grad_scale,
             ],
         )

@@ -42,8 +42,8 @@ class Dominance:
     """
 
     def __init__(self, scores: Tensor, keys: Tensor, kernel: PiecewisePolynomialKernel) -> None:
-        self.scores = scores.to(torch.float64)
-        self.keys = keys.to(torch.float64)
+        self.scores = _float64(scores)
+        self.keys = _float64(keys)
         self.kernel = kernel
         count = self.scores.numel()
         cpu = self.scores.device.type == "cpu" and engine.cpu_fast_paths_enabled()
@@ -59,9 +59,9 @@ class Dominance:
         temporaries of this size cost page faults on the CPU)."""
         if self._cached is not None:
             return self._cached
-        if len(self.blocks) == 1:
-            values = self.kernel.pairwise(self.scores[rows], self.scores)
-            self._cached = (values, self.keys[None, :] < self.keys[rows, None])
+        if len(self.blocks) == 1:  # every positive against every positive
+            values = self.kernel.pairwise(self.scores, self.scores)
+            self._cached = (values, self.keys[None, :] < self.keys[:, None])
             return self._cached
         if self._buffers is None:
             shape = (self.blocks[0].stop - self.blocks[0].start, self.scores.numel())
@@ -74,7 +74,7 @@ class Dominance:
 
     def sums(self, weights: Tensor) -> Tensor:
         """``ge[i, c] = sum_k [y_k >= y_i] w_kc K(s_k - s_i)`` for ``(P, C)`` weights; float64."""
-        w = weights.to(torch.float64)
+        w = _float64(weights)
         kept = len(self.blocks) == 1
         parts = []
         for rows in self.blocks:
@@ -84,18 +84,23 @@ class Dominance:
 
     def adjoint(self, coefficients: Tensor) -> Tensor:
         """``V_k = sum_i c_i [y_i > y_k] K(s_k - s_i)``; float64 ``(P,)``."""
-        c = coefficients.to(torch.float64)
+        c = _float64(coefficients)
         kept = len(self.blocks) == 1
         total = None
         for rows in self.blocks:
             if kept:
                 values, below = self._block(rows, "below")
-                part = c[rows] @ torch.where(below, values, 0.0)
+                part = c @ torch.where(below, values, 0.0)
             else:
                 values, at_least = self._block(rows, "at_least")
                 part = c[rows] @ values.masked_fill_(at_least, 0.0)
             total = part if total is None else total + part
         return total
+
+
+def _float64(values: Tensor) -> Tensor:
+    """``values`` in float64 (no operator when they are)."""
+    return values if values.dtype == torch.float64 else values.to(torch.float64)
 
 
 def dominance_sums(scores: Tensor, keys: Tensor, kernel: PiecewisePolynomialKernel, weights: Tensor) -> Tensor:

@@ -374,7 +374,7 @@ class Windows:
             counts = torch.bincount(self._cells(self.sorted_edges, low, scale, top), minlength=top + 1)
             # cell c holds counts[c] edges; a point in a cell without an edge has the edges of the
             # lower cells below it (-1: finish by binary search); cell 0 holds none (base 0)
-            base = torch.where(counts > 0, -1, counts.cumsum(0).sub_(counts)).int()
+            base = counts.cumsum(0, dtype=torch.int32).sub_(counts).masked_fill_(counts > 0, -1)
             self._grid = (scale, low, base, top)
         return self._grid
 

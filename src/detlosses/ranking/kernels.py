@@ -160,7 +160,9 @@ class PiecewisePolynomialKernel:
         """
         if self._is_smoothed_step:
             slope = self.coefficients[1][1]
-            return torch.sub(points * slope, (queries * slope).sub_(0.5)[:, None], out=out).clamp_(0.0, 1.0)
+            scaled = points * slope
+            shifted = (scaled if queries is points else queries * slope) - 0.5  # (the same scaling)
+            return torch.sub(scaled, shifted[:, None], out=out).clamp_(0.0, 1.0)
         values = self(torch.sub(points[None, :], queries[:, None], out=out))
         return values if out is None else out.copy_(values)
 
