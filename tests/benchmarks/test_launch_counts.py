@@ -72,7 +72,7 @@ PINNED_3D = {"ap": (65, 1), "alrp": (80, 1), "rank_sort": (96, 1), "pap": (117, 
 # sync-type by name, with no device to wait for: one nonzero for the positives and their count
 # (instead of a count and nonzero_static), the grid's extent and compaction, bincount for the grid's
 # table and the moments' counts, and the checks' read
-PINNED_CPU_FAST = {"ap": (97, 7), "alrp": (111, 6), "rank_sort": (127, 6), "pap": (149, 6)}
+PINNED_CPU_FAST = {"ap": (96, 7), "alrp": (110, 6), "rank_sort": (126, 6), "pap": (148, 6)}
 # replaying a CUDA graph (detlosses.losses._graphs; simulated on the CPU by benchmarks.launches): what
 # the host still runs — the checks and the one read, the copies into the graph's inputs, the copies
 # of its outputs, the backward's products. An H100 counted ap 21, alrp 29, rank_sort 25, pap 35 for the

@@ -31,17 +31,22 @@ def small_grid(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("num_queries", "kernels"), [(300, (smoothed_step(0.5), STEP_CLOSED)),
-                                                      (1, (STEP_CLOSED,))])  # one edge: a zero-width grid
-def test_grid_bucketing_equals_binary_search_at_every_boundary(dtype, num_queries, kernels, small_grid):
+@pytest.mark.parametrize(("num_queries", "kernels", "spread"), [
+    (300, (smoothed_step(0.5), STEP_CLOSED), 1.0),  # a power-of-two scale: one fused operation
+    (300, (smoothed_step(0.5), STEP_CLOSED), 1e5),  # edges wider than the cells: scale < 1, two
+    (1, (STEP_CLOSED,), 1.0),  # one edge: a zero-width grid
+])
+def test_grid_bucketing_equals_binary_search_at_every_boundary(dtype, num_queries, kernels, spread, small_grid):
     g = torch.Generator().manual_seed(0)
-    queries = torch.round(torch.randn(num_queries, generator=g) * 8).to(dtype) / 8
+    queries = torch.round(torch.randn(num_queries, generator=g) * 8).to(dtype) / 8 * spread
     windows = Windows(queries, HingeKernels.of(*kernels))
     edges = windows.sorted_edges
     near = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
-    points = torch.cat([near, torch.randn(100_003, generator=g).to(dtype) * 3, edges.new_tensor([-1e30, 1e30])])
+    points = torch.cat([near, torch.randn(100_003, generator=g).to(dtype) * 3 * spread,
+                        edges.new_tensor([-1e30, 1e30, 0.0, 1e-40])])
     points = points[torch.randperm(points.numel(), generator=g)]
     assert points.numel() > 32_768  # exercises the grid
+    assert (windows._grid_tables(points.numel()).offset is not None) == (spread == 1.0 and num_queries > 1)
     expected = torch.searchsorted(edges, points)
     torch.testing.assert_close(windows.bucketize(points).long(), expected, rtol=0, atol=0)
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -269,6 +270,17 @@ class AdjointTable:
         return table, self.bases[index]
 
 
+@dataclass
+class _Grid:
+    """The CPU's uniform bucketing grid: cell ``int(clamp((x - low) scale, 1, top))``."""
+
+    scale: float
+    low: float
+    offset: Tensor | None  # () ``-low scale`` in the scores' dtype when ``scale`` is a power of two
+    top: int
+    base: Tensor | None = None  # (top + 1,) int32: edges below a cell's points, -1 if the cell holds one
+
+
 class Windows:
     """The sorted window edges ``q_i + a_r`` of the queries for a set of kernels.
 
@@ -301,7 +313,7 @@ class Windows:
             beta = torch.addcmul(coefficients[power], negated, beta)
         self.beta = beta
         self._betas: tuple[Tensor, ...] | None = None
-        self._grid: tuple[float, float, Tensor, int] | None = None
+        self._grid: _Grid | None = None
         self._reference: tuple[Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ points
@@ -339,24 +351,26 @@ class Windows:
             self._grid_buckets(scores[chunk], None if keep is None else keep[chunk], grid, out=buckets[chunk])
         return buckets
 
-    def _grid_buckets(self, scores: Tensor, keep: Tensor | None, grid: tuple[float, float, Tensor, int],
-                      out: Tensor | None = None) -> Tensor:
-        scale, low, base, top = grid
-        buckets = torch.index_select(base, 0, self._cells(scores, low, scale, top, keep), out=out)
+    def _grid_buckets(self, scores: Tensor, keep: Tensor | None, grid: _Grid, out: Tensor | None = None) -> Tensor:
+        buckets = torch.index_select(grid.base, 0, self._cells(scores, grid, keep), out=out)
         dirty = (buckets < 0).nonzero().squeeze(1)
         buckets[dirty] = torch.searchsorted(self.sorted_edges, scores[dirty], out_int32=True)
         return buckets
 
     @staticmethod
-    def _cells(values: Tensor, low: float, scale: float, top: int, keep: Tensor | None = None) -> Tensor:
-        # a monotone map computed by the same correctly rounded operations for edges and points:
-        # an edge in a lower cell is below the point, an edge in a higher cell above it. ``low`` is
-        # two cells below the lowest edge, so the points below every edge share cell 1 with none;
-        # cell 0 is reserved for the points left out (bucket 0 whatever the edges: no edge is there)
-        cells = torch.sub(values, low).mul_(scale).clamp_(1.0, float(top))
+    def _cells(values: Tensor, grid: _Grid, keep: Tensor | None = None) -> Tensor:
+        # a monotone map computed by the same operations for edges and points: an edge in a lower
+        # cell is below the point, an edge in a higher cell above it. ``low`` is two cells below the
+        # lowest edge, so the points below every edge share cell 1 with none; cell 0 is reserved for
+        # the points left out (bucket 0 whatever the edges: no edge is there)
+        if grid.offset is not None:  # (x - low) scale as one rounding of offset + scale x (exact product)
+            cells = torch.add(grid.offset, values, alpha=grid.scale)
+        else:
+            cells = torch.sub(values, grid.low).mul_(grid.scale)
+        cells = cells.clamp_(1.0, float(grid.top))
         return (cells if keep is None else cells.mul_(keep)).int()
 
-    def _grid_tables(self, num_points: int) -> tuple[float, float, Tensor, int]:
+    def _grid_tables(self, num_points: int) -> _Grid:
         if self._grid is None:
             inner = int(min(max(_GRID_CELLS_PER_EDGE * self.num_edges, _GRID_MIN_CELLS), _GRID_MAX_CELLS,
                             max(_GRID_MIN_CELLS, num_points // 4)))
@@ -364,18 +378,28 @@ class Windows:
             ends = self.sorted_edges[:: max(self.num_edges - 1, 1)].tolist()  # a strided view: no copy
             lowest, highest = ends[0], ends[-1]
             scale = inner / max(highest - lowest, 1e-30)
+            # a power of two from 1 to 2^100 / |extent| (between inner / 2 and inner cells): then
+            # scale x is exact, and offset + scale x one rounding whether or not it is fused
+            power = 2.0 ** math.floor(math.log2(scale))
+            exact = 1.0 <= power <= 2.0**100 / max(abs(lowest), abs(highest), 1.0)
+            if exact:
+                scale = power
             # ``low`` two cells below the lowest edge, and at least 8 float32 ulps below it (so that
             # it stays below once rounded to the scores' dtype) unless that would double the table
             margin = 2.0 / scale
             if margin < abs(lowest) * 2.0**-20 <= inner / scale:
                 margin = abs(lowest) * 2.0**-20
             low = lowest - margin
+            if self.sorted_edges.dtype == torch.float32:  # as the subtraction would round it
+                low = struct.unpack("f", struct.pack("f", low))[0]
             top = int(math.ceil((highest - low) * scale)) + 4
-            counts = torch.bincount(self._cells(self.sorted_edges, low, scale, top), minlength=top + 1)
+            offset = self.sorted_edges.new_full((), -low * scale) if exact else None
+            grid = _Grid(scale, low, offset, top)
+            counts = torch.bincount(self._cells(self.sorted_edges, grid), minlength=top + 1)
             # cell c holds counts[c] edges; a point in a cell without an edge has the edges of the
             # lower cells below it (-1: finish by binary search); cell 0 holds none (base 0)
-            base = counts.cumsum(0, dtype=torch.int32).sub_(counts).masked_fill_(counts > 0, -1)
-            self._grid = (scale, low, base, top)
+            grid.base = counts.cumsum(0, dtype=torch.int32).sub_(counts).masked_fill_(counts > 0, -1)
+            self._grid = grid
         return self._grid
 
     # ------------------------------------------------------------------ forward sums
