@@ -199,3 +199,28 @@ def test_accumulation_lanes_divide_the_points_and_keep_the_copies_small():
     for points, table in ((big, 122), (big, 16002), (3 * big, 4002), (big + 8, 122)):
         lanes = _accumulation_lanes(points, table)
         assert points % lanes == 0 and (lanes == 1 or lanes * table <= 1 << 21)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("bank", ["control+derivative", "half-open steps", "square"])
+def test_one_adjoint_table_for_several_kernels(bank, fast):
+    """A table built for several kernels (in any order) gives each kernel's own adjoint, scaled."""
+    set_cpu_fast_paths(fast)
+    try:
+        g = torch.Generator().manual_seed(3)
+        q = torch.round(torch.randn(30, generator=g, dtype=torch.float64) * 4) / 4
+        x = torch.randn(500, generator=g, dtype=torch.float64) * 2
+        keep = torch.rand(500, generator=g) < 0.8
+        c = torch.randn(30, generator=g, dtype=torch.float64)
+        windows = Windows(q, HingeKernels.of(*BANKS[bank]))
+        points, own = windows.points(x, keep=keep), windows.points(q)
+        for order in ((0, 1), (1, 0)):
+            table = windows.adjoint_table(c, order)
+            for k in order:
+                for at in (points, own):
+                    torch.testing.assert_close(windows.point_sums(at, table, k, scale=-0.5),
+                                               -0.5 * windows.point_sums(at, c, k), rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="kernel 1 is not in this adjoint table"):
+            windows.point_sums(points, windows.adjoint_table(c, (0,)), 1)
+    finally:
+        set_cpu_fast_paths(True)
