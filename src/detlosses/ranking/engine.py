@@ -261,12 +261,12 @@ class AdjointTable:
     kernels: tuple[int, ...]
     bases: tuple[float, ...]
 
-    def of(self, kernel: int, rows: int) -> tuple[Tensor, float]:
+    def of(self, kernel: int) -> tuple[Tensor, float]:
         """The ``(J, L + 1)`` rows of ``kernel`` and its base value."""
         if kernel not in self.kernels:
             raise ValueError(f"kernel {kernel} is not in this adjoint table (kernels {self.kernels})")
-        index = self.kernels.index(kernel)
-        table = self.rows if len(self.kernels) == 1 else self.rows.narrow(0, index * rows, rows)
+        index, per_kernel = self.kernels.index(kernel), self.rows.shape[0] // len(self.kernels)
+        table = self.rows if len(self.kernels) == 1 else self.rows.narrow(0, index * per_kernel, per_kernel)
         return table, self.bases[index]
 
 
@@ -482,25 +482,16 @@ class Windows:
 
     # ------------------------------------------------------------------ adjoint sums
     def _cpu_point_sums(self, table: Tensor, points: PointSet) -> Tensor:
-        """The CPU's evaluation of ``G`` (``table``: ``(J, L + 1)`` polynomials in ``x``, float64).
+        """The CPU's evaluation of ``G`` for 2^15 points or more (``table``: ``(J, L + 1)``
+        polynomials in ``x``, float64; fewer points take the device path's operators, fewer here).
 
         Horner after a look-up of each point's bucket row, chunk by chunk for large sets. For float32
         scores it runs in float32 about each bucket's lower edge ``r_b``, ``G = sum_j B_j (x - r_b)^j``
-        with ``B`` re-expanded in float64: exact to float32 rounding, half the memory traffic. For
-        2^15 points or more, a bucket's coefficients are packed into one complex element (8 or 16
-        bytes), so that one look-up fetches them: on the CPU a look-up costs about as much for 16
+        with ``B`` re-expanded in float64: exact to float32 rounding, half the memory traffic. A
+        bucket's coefficients are packed into one complex element (8 or 16 bytes), so that one
+        look-up fetches them: on the CPU a look-up costs about as much for 16
         bytes as for 4 (this CPU, 1e5 points: ~90 us each; degree 1 took 3 of them, now 2).
         """
-        if points.scores.shape[0] < _GRID_MIN_POINTS:  # few points: float64 in x, fewer operators
-            columns = table.unbind(0)
-
-            def horner(buckets: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
-                sums = columns[-1].index_select(0, buckets)
-                for power in range(len(columns) - 2, 0, -1):
-                    sums = columns[power].index_select(0, buckets).addcmul_(sums, x)
-                return torch.addcmul(columns[0].index_select(0, buckets), sums, x, out=out)
-
-            return horner(points.buckets, points.values)
         relative = points.scores.dtype == torch.float32
         a = table.unbind(0)
         degree = len(a) - 1
@@ -596,10 +587,10 @@ class Windows:
         """
         if not isinstance(coefficients, AdjointTable):
             coefficients = self.adjoint_table(coefficients, (kernel,))
-        table, base = coefficients.of(kernel, self.kernels.degree + 1)
+        table, base = coefficients.of(kernel)
         if scale != 1.0:
             table = table * scale
-        if _CPU_FAST_PATHS and table.device.type == "cpu":
+        if _CPU_FAST_PATHS and table.device.type == "cpu" and points.scores.shape[0] >= _GRID_MIN_POINTS:
             sums = self._cpu_point_sums(table, points)
         else:
             # one 1-D look-up per power (a row gather of (L + 1, J) is one thread block per point on
