@@ -85,6 +85,22 @@ def test_released_topk_cut():
     compare(logits, targets, ious, "retinanet", topk=1000)
 
 
+@pytest.mark.parametrize("form", ["retinanet", "faster_rcnn_rpn"])
+def test_ious_on_the_control_points(form):
+    """Soft IoUs exactly on the I-functions' control points (and at 0 and 1): the value and the
+    one-sided slopes the released code takes there (the left segment at an inner point, the first
+    at 0), for the loss and for the gradient of the ious."""
+    knots = sorted({x for row in PRESETS[form].control_points[1:4].tolist() for x in row[0::2]} | {0.0, 1.0})
+    g = torch.Generator().manual_seed(5)
+    n = 4 * len(knots) + 40
+    logits = torch.randn(n, generator=g, dtype=torch.float64)
+    targets = torch.zeros(n, dtype=torch.long)
+    targets[: 2 * len(knots)] = 1
+    ious = torch.rand(n, generator=g, dtype=torch.float64)
+    ious[: 2 * len(knots)] = torch.tensor(knots * 2, dtype=torch.float64)
+    compare(logits, targets, ious, form)
+
+
 @pytest.mark.parametrize("form", ["retinanet", "linear", "square", "sigmoid", "four_functions"])
 def test_written_out_gradients_pass_gradcheck(form):
     """The explicit gradients against finite differences: w.r.t. the ious for every form, and

@@ -59,53 +59,44 @@ _H2, _H2_SLOPE, _H1 = 0, 1, 2  # kernel order in the hinge bank (H1 may be two h
 
 @dataclass(frozen=True)
 class _PiecewiseLinear:
-    """Several piecewise-linear maps of ``[0, 1]`` through control points, in hinge form.
+    """Several piecewise-linear maps of ``[0, 1]`` through control points, segment by segment.
 
-    ``f(u) = y0 + m0 u + sum_r [u > x_r] (jump_r + dslope_r (u - x_r))`` over the inner knots, which
-    picks the segment ``(x_k, x_{k+1}]`` for ``u`` (the released choice) and the first one at 0.
+    Segment ``k`` of map ``f`` is ``intercepts[f, k] + slopes[f, k] u`` on ``(x_k, x_{k+1}]``: the
+    segment of ``u`` is the number of inner knots strictly below it (one ``searchsorted``), which
+    picks the left segment at an inner knot (the released choice) and the first one at 0.
     """
 
-    y0: Tensor  # (F,)
-    m0: Tensor  # (F,)
-    knots: Tensor  # (F, R), padded with 2.0 (never active)
-    jumps: Tensor  # (F, R)
-    slopes: Tensor  # (F, R)
+    knots: Tensor  # (F, R) inner knots, padded with 2.0 (never below a u in [0, 1])
+    intercepts: Tensor  # (F, R + 1)
+    slopes: Tensor  # (F, R + 1)
 
     @staticmethod
     def of(functions: list[tuple[list[float], list[float]]]) -> _PiecewiseLinear:
         rows = []
         for xs, ys in functions:
-            segments = []  # (x_start, x_end, y_start, slope) of positive width
+            segments = []  # (x_start, intercept, slope) of the segments of positive width
             for k in range(len(xs) - 1):
                 if xs[k + 1] > xs[k]:
-                    segments.append((xs[k], xs[k + 1], ys[k], (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])))
-            first = segments[0]
-            knots = []
-            for left, right in zip(segments[:-1], segments[1:], strict=True):
-                end_value = left[2] + left[3] * (left[1] - left[0])
-                knots.append((right[0], right[2] - end_value, right[3] - left[3]))
-            rows.append((first[2] - first[3] * first[0], first[3], knots))
-        width = max(1, max(len(r[2]) for r in rows))
+                    slope = (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])
+                    segments.append((xs[k], ys[k] - slope * xs[k], slope))
+            rows.append(segments)
+        width = max(len(r) for r in rows)
         pad = [(2.0, 0.0, 0.0)] * width
         return _PiecewiseLinear(
-            y0=torch.tensor([r[0] for r in rows], dtype=torch.float64),
-            m0=torch.tensor([r[1] for r in rows], dtype=torch.float64),
-            knots=torch.tensor([[k[0] for k in (r[2] + pad)[:width]] for r in rows], dtype=torch.float64),
-            jumps=torch.tensor([[k[1] for k in (r[2] + pad)[:width]] for r in rows], dtype=torch.float64),
-            slopes=torch.tensor([[k[2] for k in (r[2] + pad)[:width]] for r in rows], dtype=torch.float64),
+            knots=torch.tensor([[k[0] for k in (r[1:] + pad)[: width - 1]] or [2.0] for r in rows],
+                               dtype=torch.float64),
+            intercepts=torch.tensor([[k[1] for k in (r + r[-1:] * width)[:width]] for r in rows], dtype=torch.float64),
+            slopes=torch.tensor([[k[2] for k in (r + r[-1:] * width)[:width]] for r in rows], dtype=torch.float64),
         )
 
     def to(self, device: torch.device) -> _PiecewiseLinear:
-        return _PiecewiseLinear(*(t.to(device) for t in (self.y0, self.m0, self.knots, self.jumps, self.slopes)))
+        return _PiecewiseLinear(*(t.to(device) for t in (self.knots, self.intercepts, self.slopes)))
 
     def __call__(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """Values and derivatives ``(P, F)`` at ``u (P,)`` (float64, on this object's device)."""
-        offset = u[:, None, None] - self.knots  # (P, F, R)
-        above = offset > 0
-        values = torch.addcmul(self.y0, u[:, None], self.m0)
-        values = values + torch.where(above, torch.addcmul(self.jumps, self.slopes, offset), 0.0).sum(2)
-        slope = torch.where(above, self.slopes, 0.0).sum(2) + self.m0
-        return values, slope
+        """Values and derivatives ``(F, P)`` at ``u (P,)`` (float64, on this object's device)."""
+        segment = torch.searchsorted(self.knots, u.repeat(self.knots.shape[0], 1))  # (contiguous rows)
+        slope = self.slopes.gather(1, segment)
+        return torch.addcmul(self.intercepts.gather(1, segment), slope, u), slope
 
 
 class _Form:
@@ -131,15 +122,15 @@ class _Form:
             raise ValueError(f"unknown form {params.form!r}")
         else:
             self.kernels = HingeKernels.of(square_kernel())  # only to bucket; sums are dense
-        self.negative_weight = 1.0 - self.i_values(torch.zeros(1, dtype=torch.float64))[0][0, 1].item()
+        self.negative_weight = 1.0 - self.i_values(torch.zeros(1, dtype=torch.float64))[0][1, 0].item()
 
     def i_values(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """``(I1, I2, I3)(u)`` and their derivatives, ``(P, 3)`` each."""
+        """``(I1, I2, I3)(u)`` and their derivatives, ``(3, P)`` each."""
         if self.form == "square":
-            return (u * u)[:, None].expand(-1, 3), (2.0 * u)[:, None].expand(-1, 3)
+            return (u * u).expand(3, -1), (2.0 * u).expand(3, -1)
         if self.form == "sigmoid":
             value = torch.sigmoid(2.0 * u - 1.0)
-            return value[:, None].expand(-1, 3), (2.0 * value * (1.0 - value))[:, None].expand(-1, 3)
+            return value.expand(3, -1), (2.0 * value * (1.0 - value)).expand(3, -1)
         functions = self._on_device.get(u.device)
         if functions is None:
             functions = self._on_device[u.device] = self.i_functions.to(u.device)
@@ -229,7 +220,7 @@ def _formula(form: _Form, candidates: Tensor | None):
         u = batch.extra
         in_s = None if candidates is None else batch.gather(candidates[batch.positive_index].to(u.dtype))
         i_values, i_slopes = form.i_values(u)
-        (i1, i2, i3), (d1, d2, d3) = i_values.unbind(1), i_slopes.unbind(1)
+        (i1, i2, i3), (d1, d2, d3) = i_values.unbind(0), i_slopes.unbind(0)
         w = 1.0 - i2 if in_s is None else (1.0 - i2) * in_s  # a positive's weight in the H2 sums
         weights = torch.stack([torch.ones_like(u) if in_s is None else in_s, w], 1)
         w_neg = form.negative_weight
