@@ -59,44 +59,44 @@ _H2, _H2_SLOPE, _H1 = 0, 1, 2  # kernel order in the hinge bank (H1 may be two h
 
 @dataclass(frozen=True)
 class _PiecewiseLinear:
-    """Several piecewise-linear maps of ``[0, 1]`` through control points, segment by segment.
+    """Several piecewise-linear maps of ``[0, 1]`` through control points, as lines between knots.
 
-    Segment ``k`` of map ``f`` is ``intercepts[f, k] + slopes[f, k] u`` on ``(x_k, x_{k+1}]``: the
-    segment of ``u`` is the number of inner knots strictly below it (one ``searchsorted``), which
-    picks the left segment at an inner knot (the released choice) and the first one at 0.
+    Between two consecutive inner knots of *any* map every map is one line, ``intercept + slope u``.
+    ``u`` finds its interval ``(k_{j-1}, k_j]`` as the number of knots strictly below it (one
+    ``searchsorted``), which picks the left segment at an inner knot (the released choice) and the
+    first one at 0; one look-up then gives every map's line there.
     """
 
-    knots: Tensor  # (F, R) inner knots, padded with 2.0 (never below a u in [0, 1])
-    intercepts: Tensor  # (F, R + 1)
-    slopes: Tensor  # (F, R + 1)
+    knots: Tensor  # (U + 1,) the inner knots of all maps, sorted and distinct, then 2.0 (above any u)
+    lines: Tensor  # (U + 2, 2, F): per interval, each map's intercept and slope
 
     @staticmethod
     def of(functions: list[tuple[list[float], list[float]]]) -> _PiecewiseLinear:
-        rows = []
+        maps = []
         for xs, ys in functions:
             segments = []  # (x_start, intercept, slope) of the segments of positive width
             for k in range(len(xs) - 1):
                 if xs[k + 1] > xs[k]:
                     slope = (ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k])
                     segments.append((xs[k], ys[k] - slope * xs[k], slope))
-            rows.append(segments)
-        width = max(len(r) for r in rows)
-        pad = [(2.0, 0.0, 0.0)] * width
-        return _PiecewiseLinear(
-            knots=torch.tensor([[k[0] for k in (r[1:] + pad)[: width - 1]] or [2.0] for r in rows],
-                               dtype=torch.float64),
-            intercepts=torch.tensor([[k[1] for k in (r + r[-1:] * width)[:width]] for r in rows], dtype=torch.float64),
-            slopes=torch.tensor([[k[2] for k in (r + r[-1:] * width)[:width]] for r in rows], dtype=torch.float64),
-        )
+            maps.append(segments)
+        knots = sorted({segment[0] for segments in maps for segment in segments[1:]}) + [2.0]
+        lines = []
+        for j in range(len(knots) + 1):  # u in (knots[j - 1], knots[j]]
+            below = [sum(1 for segment in segments[1:] if j > 0 and segment[0] <= knots[j - 1])
+                     for segments in maps]
+            chosen = [segments[count] for segments, count in zip(maps, below, strict=True)]
+            lines.append([[c[1] for c in chosen], [c[2] for c in chosen]])
+        return _PiecewiseLinear(knots=torch.tensor(knots, dtype=torch.float64),
+                                lines=torch.tensor(lines, dtype=torch.float64))
 
     def to(self, device: torch.device) -> _PiecewiseLinear:
-        return _PiecewiseLinear(*(t.to(device) for t in (self.knots, self.intercepts, self.slopes)))
+        return _PiecewiseLinear(self.knots.to(device), self.lines.to(device))
 
     def __call__(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """Values and derivatives ``(F, P)`` at ``u (P,)`` (float64, on this object's device)."""
-        segment = torch.searchsorted(self.knots, u.repeat(self.knots.shape[0], 1))  # (contiguous rows)
-        slope = self.slopes.gather(1, segment)
-        return torch.addcmul(self.intercepts.gather(1, segment), slope, u), slope
+        """Values and derivatives ``(P, F)`` at ``u (P,)`` (float64, on this object's device)."""
+        intercepts, slopes = self.lines.index_select(0, torch.searchsorted(self.knots, u)).unbind(1)
+        return torch.addcmul(intercepts, slopes, u.unsqueeze(1)), slopes
 
 
 class _Form:
@@ -122,15 +122,15 @@ class _Form:
             raise ValueError(f"unknown form {params.form!r}")
         else:
             self.kernels = HingeKernels.of(square_kernel())  # only to bucket; sums are dense
-        self.negative_weight = 1.0 - self.i_values(torch.zeros(1, dtype=torch.float64))[0][1, 0].item()
+        self.negative_weight = 1.0 - self.i_values(torch.zeros(1, dtype=torch.float64))[0][0, 1].item()
 
     def i_values(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """``(I1, I2, I3)(u)`` and their derivatives, ``(3, P)`` each."""
+        """``(I1, I2, I3)(u)`` and their derivatives, ``(P, 3)`` each."""
         if self.form == "square":
-            return (u * u).expand(3, -1), (2.0 * u).expand(3, -1)
+            return (u * u)[:, None].expand(-1, 3), (2.0 * u)[:, None].expand(-1, 3)
         if self.form == "sigmoid":
             value = torch.sigmoid(2.0 * u - 1.0)
-            return value.expand(3, -1), (2.0 * value * (1.0 - value)).expand(3, -1)
+            return value[:, None].expand(-1, 3), (2.0 * value * (1.0 - value))[:, None].expand(-1, 3)
         functions = self._on_device.get(u.device)
         if functions is None:
             functions = self._on_device[u.device] = self.i_functions.to(u.device)
@@ -220,7 +220,7 @@ def _formula(form: _Form, candidates: Tensor | None):
         u = batch.extra
         in_s = None if candidates is None else batch.gather(candidates[batch.positive_index].to(u.dtype))
         i_values, i_slopes = form.i_values(u)
-        (i1, i2, i3), (d1, d2, d3) = i_values.unbind(0), i_slopes.unbind(0)
+        (i1, i2, i3), (d1, d2, d3) = i_values.unbind(1), i_slopes.unbind(1)
         w = 1.0 - i2 if in_s is None else (1.0 - i2) * in_s  # a positive's weight in the H2 sums
         weights = torch.stack([torch.ones_like(u) if in_s is None else in_s, w], 1)
         w_neg = form.negative_weight
