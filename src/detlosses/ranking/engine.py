@@ -27,7 +27,7 @@ one-sided polynomials, one per breakpoint ``a_r``:
 so the forward sums need only the moments ``S_k(e) = sum_{x_j above e} w_j x_j^k`` at the ``P m``
 edges: the points are *bucketed* once among the sorted edges (one binary search, or on the CPU a
 uniform grid finished by binary search), the moments of every bucket are accumulated by one
-``index_add``, and a cumulative sum over the buckets answers every edge. The adjoint is the same
+``index_add`` (on the CPU a ``scatter_add_``), and a cumulative sum over the buckets answers every edge. The adjoint is the same
 algebra the other way round: the per-edge polynomials, cumulated in sorted edge order, give each
 bucket's polynomial in ``x``, and every point evaluates its own.
 
@@ -65,8 +65,10 @@ def set_cpu_fast_paths(enabled: bool) -> None:
     On the CPU a binary search per point is memory-latency bound, so for large batches the engine
     buckets with a uniform grid of int32 cells (about 20 more small operators and a compaction of
     the points that fall in a cell holding an edge — no host synchronisation on the CPU), finds the
-    positives and their count with one ``nonzero``, counts by ``bincount``, and it evaluates the
-    adjoint in float32 about each bucket's lower edge (half the memory traffic; CUDA: float64);
+    positives and their count with one ``nonzero``, counts by ``bincount``, accumulates and looks up
+    with int64 bucket indices (``scatter_add_`` and ``gather``: 2x and 1.5x faster than ``index_add_``
+    and ``index_select`` here), and evaluates the adjoint in float32 about each bucket's lower edge
+    (half the memory traffic; CUDA: float64);
     from 2^20 points on, the per-point work runs chunk by chunk (2^16 points) in the CPU's cache.
     Rank & Sort's pairs of positives go in blocks of 2^22 pairs on the CPU (2^24 otherwise: fewer
     operators, larger temporaries). All are exact. With them off, a CPU call runs exactly the
