@@ -27,9 +27,9 @@ one-sided polynomials, one per breakpoint ``a_r``:
 so the forward sums need only the moments ``S_k(e) = sum_{x_j above e} w_j x_j^k`` at the ``P m``
 edges: the points are *bucketed* once among the sorted edges (one binary search, or on the CPU a
 uniform grid finished by binary search), the moments of every bucket are accumulated by one
-``index_add`` (on the CPU a ``scatter_add_``), and a cumulative sum over the buckets answers every edge. The adjoint is the same
-algebra the other way round: the per-edge polynomials, cumulated in sorted edge order, give each
-bucket's polynomial in ``x``, and every point evaluates its own.
+``index_add`` (on the CPU a ``scatter_add_``), and a cumulative sum over the buckets answers every
+edge. The adjoint is the same algebra the other way round: the per-edge polynomials, cumulated in
+sorted edge order, give each bucket's polynomial in ``x``, and every point evaluates its own.
 
 Moments are summed in float64 over the points above an edge only (suffix sums), so points below
 every window and points left out never enter a difference, and the sums agree with a dense float64
