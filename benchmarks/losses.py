@@ -198,20 +198,23 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.clone().requires_grad_(True)
 
 
-def fast_call(name: str, b: dict[str, torch.Tensor]) -> Callable[[], None]:
+def fast_call(name: str, b: dict[str, torch.Tensor], library=detlosses) -> Callable[[], None]:
+    """One forward + backward of this library's loss ``name`` (``library``: another copy of the
+    package, e.g. an earlier commit's for :mod:`benchmarks.compare_engines`)."""
+
     def run() -> None:
         x = _leaf(b["logits"])
         if name == "ap":
-            loss = detlosses.ap_loss(x, b["targets"])
+            loss = library.ap_loss(x, b["targets"])
         elif name == "alrp":
             e = _leaf(b["loc_errors"])
-            cls, loc = detlosses.alrp_loss(x, b["targets"], e)
+            cls, loc = library.alrp_loss(x, b["targets"], e)
             loss = cls + loc
         elif name == "rank_sort":
-            r, s = detlosses.rank_sort_loss(x, b["rs_targets"])
+            r, s = library.rank_sort_loss(x, b["rs_targets"])
             loss = r + s
         else:
-            loss = detlosses.parameterized_ap_loss(x, b["targets"], _leaf(b["ious"]), params="retinanet")
+            loss = library.parameterized_ap_loss(x, b["targets"], _leaf(b["ious"]), params="retinanet")
         loss.backward()
 
     return run
