@@ -9,9 +9,10 @@ forward + backward of AP, aLRP, Rank & Sort and Parameterized AP against
 Between fresh processes the same code moves by 10-15 % at N = 1e5 on a shared machine, so
 ``--paired`` instead loads both engines into *one* process (the earlier commit's package copied
 and imported as ``detlosses_old``) and calls them alternately, loss by loss, cold
-(``gc.collect()`` before each call): per loss the medians and the median paired difference with a
-bootstrap 90 % interval, which resolves differences of a few hundred microseconds. Focal loss is
-timed the same way as a check of the method: its two "engines" are the same code.
+(``gc.collect()`` before each call), each engine first in every other round: per loss the medians
+and the median paired difference (per pair of rounds, so that the order cancels) with a bootstrap
+90 % interval, which resolves differences of a few hundred microseconds. Focal loss is timed the
+same way as a check of the method: its two "engines" are the same code.
 
 Usage::
 
@@ -93,6 +94,7 @@ sys.path.insert(0, sys.argv[4])
 import detlosses, detlosses_old
 from benchmarks.losses import fast_call, focal_call, make_batch
 n, p, reps = (int(v) for v in sys.argv[1:4])
+reps += reps % 2  # rounds in pairs: each engine goes first once per pair
 batch = make_batch(n, p)
 names = ["focal", *LOSSES]
 focal = focal_call(batch)
@@ -110,7 +112,8 @@ rng = random.Random(0)
 out = {}
 for name in names:
     new, old = times[(name, "new")], times[(name, "old")]
-    diff = [a - b for a, b in zip(new, old)]
+    # per pair of rounds (either order once), so that going first or second cancels out
+    diff = [(new[i] - old[i] + new[i + 1] - old[i + 1]) / 2 for i in range(0, reps, 2)]
     boot = sorted(statistics.median(rng.choices(diff, k=len(diff))) for _ in range(400))
     out[name] = {"new": statistics.median(new), "old": statistics.median(old), "diff": statistics.median(diff),
                  "low": boot[20], "high": boot[379]}
