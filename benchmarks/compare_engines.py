@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 LOSSES = ("ap", "alrp", "rank_sort", "pap")
@@ -62,29 +64,36 @@ def _probe(checkout: Path, n: int, p: int, reps: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compare(old_ref: str, sizes=SIZES, rounds: int = 2) -> list[dict]:
-    rows = []
+@contextlib.contextmanager
+def _worktree(old_ref: str) -> Iterator[Path]:
+    """``old_ref`` checked out in a temporary ``git worktree`` (removed afterwards)."""
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
         subprocess.run(["git", "worktree", "add", "--detach", str(old), old_ref], cwd=ROOT, check=True,
                        capture_output=True)
         try:
-            for n, p in sizes:
-                reps = 9 if n <= 1_000_000 else 5
-                runs = {"new": [], "old": []}
-                for _ in range(rounds):
-                    for engine, checkout in (("new", ROOT), ("old", old)):
-                        runs[engine].append(_probe(checkout, n, p, reps))
-                for engine, records in runs.items():
-                    row = {"N": n, "P": p, "engine": engine,
-                           "focal_ms": 1e3 * statistics.median(r["focal"] for r in records)}
-                    for name in LOSSES:
-                        row[f"{name}_ms"] = 1e3 * statistics.median(r[name] for r in records)
-                        row[f"{name}_x"] = statistics.median(r[name] / r["focal"] for r in records)
-                    rows.append(row)
-                    print(_row(row, old_ref), flush=True)
+            yield old
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+
+
+def compare(old_ref: str, sizes=SIZES, rounds: int = 2) -> list[dict]:
+    rows = []
+    with _worktree(old_ref) as old:
+        for n, p in sizes:
+            reps = 9 if n <= 1_000_000 else 5
+            runs = {"new": [], "old": []}
+            for _ in range(rounds):
+                for engine, checkout in (("new", ROOT), ("old", old)):
+                    runs[engine].append(_probe(checkout, n, p, reps))
+            for engine, records in runs.items():
+                row = {"N": n, "P": p, "engine": engine,
+                       "focal_ms": 1e3 * statistics.median(r["focal"] for r in records)}
+                for name in LOSSES:
+                    row[f"{name}_ms"] = 1e3 * statistics.median(r[name] for r in records)
+                    row[f"{name}_x"] = statistics.median(r[name] / r["focal"] for r in records)
+                rows.append(row)
+                print(_row(row, old_ref), flush=True)
     return rows
 
 
@@ -137,23 +146,17 @@ def _old_package(worktree: Path, into: Path) -> Path:
 def compare_paired(old_ref: str, sizes=PAIRED_SIZES, reps: int = 61) -> list[dict]:
     """Both engines in one process, called alternately (see the module's docstring)."""
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "old"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), old_ref], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            packages = _old_package(old, Path(tmp) / "packages")
-            env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}")
-            for n, p in sizes:
-                done = subprocess.run([sys.executable, "-c", _PAIRED_PROBE, str(n), str(p), str(reps), str(packages)],
-                                      cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-                for name, r in result.items():
-                    row = {"N": n, "P": p, "loss": name, **{k: 1e3 * v for k, v in r.items()}}
-                    rows.append(row)
-                    print(_paired_row(row), flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+    with _worktree(old_ref) as old:
+        packages = _old_package(old, old.parent / "packages")
+        env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}")
+        for n, p in sizes:
+            done = subprocess.run([sys.executable, "-c", _PAIRED_PROBE, str(n), str(p), str(reps), str(packages)],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            for name, r in result.items():
+                row = {"N": n, "P": p, "loss": name, **{k: 1e3 * v for k, v in r.items()}}
+                rows.append(row)
+                print(_paired_row(row), flush=True)
     return rows
 
 
