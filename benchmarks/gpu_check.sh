@@ -8,7 +8,7 @@
 # Writes JSON files and the kernel profiles under $OUT and prints the tables. Each step has its own
 # time limit, so one that fails or runs long does not cost the others. LOOPS=1 also times the
 # released loops (minutes at N = 1e8); BF16=1 adds the bf16-mixed training step; LANES=1 adds the
-# accumulation-lane profiles (one table, late-training logits).
+# one-table accumulation profiles.
 set -u
 OUT=${OUT:?set OUT to a folder}
 DEVICE=${DEVICE:-cuda}
@@ -28,7 +28,7 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
 profile() {  # name, then kernel_profile's arguments
   local name=$1; shift
   timeout 120 $PY -m benchmarks.kernel_profile --device "$DEVICE" --out "$PROFILES/$name.txt" "$@" 2>&1 \
-    | grep -E '^\||lanes$' | grep -v -- '---'
+    | grep -E '^\||lanes$|edges$' | grep -v -- '---'
 }
 
 step environment
@@ -42,11 +42,15 @@ step "CUDA tests"
 step "CUDA graphs: eager vs graphs, a different number of positives every call"
 timeout 150 $PY -m benchmarks.cuda_graphs --device "$DEVICE" "${GRAPH_SIZES[@]}" --json "$OUT/cuda_graphs.json"
 
-step "kernel profiles: every loss; then AP with one accumulation table and with late-training logits"
+step "kernel profiles: every loss; late training without and with spread edges; spread edges early"
 profile early --sizes "$SMALL_PROFILE,$BIG_PROFILE"
+# late training (the negatives below every window), without and with the opt-in spread edges, and
+# the spread edges early in training (they must not cost there)
+profile late --sizes "$BIG_PROFILE" --losses focal,ap,alrp --late
+profile late_spread --sizes "$BIG_PROFILE" --losses ap,alrp --late --spread 1024
+profile early_spread --sizes "$SMALL_PROFILE,$BIG_PROFILE" --losses ap,alrp,rank_sort,pap --spread 1024
 if [ "${LANES:-0}" = 1 ]; then
   profile early_one_table --sizes "$BIG_PROFILE" --losses ap --lanes 1
-  profile late --sizes "$BIG_PROFILE" --losses focal,ap,ghm --late
   profile late_one_table --sizes "$BIG_PROFILE" --losses ap --late --lanes 1
 fi
 cat "$PROFILES"/*.txt > "$OUT/profile.txt"

@@ -10,7 +10,9 @@ runs under ``torch.profiler``. Printed per call:
 * the ``--top`` operators by device time (CPU: self CPU time).
 
 ``--late`` moves the negatives below every positive's window (late training: one crowded bucket);
-``--lanes`` caps the engine's accumulation lanes (1: one table, atomic adds on its buckets).
+``--lanes`` caps the engine's accumulation lanes (1: one table, atomic adds on its buckets);
+``--spread`` gives the windows that many zero-weight edges below them on the device path (off by
+default: ``detlosses.ranking.engine._SPREAD_EDGES``), which splits the late-training crowd.
 
 It explains the numbers of :mod:`benchmarks.launches` and :mod:`benchmarks.losses`; nothing is
 asserted. Usage::
@@ -90,6 +92,8 @@ def profile_call(fn, device: torch.device, top: int) -> tuple[float, str]:
 
 def _report(args: argparse.Namespace, losses: tuple[str, ...], device: torch.device) -> list[str]:
     setting = f"{'late' if args.late else 'early'}-training logits, at most {engine._LANES} accumulation lanes"
+    if engine._SPREAD_EDGES:
+        setting += f", {engine._SPREAD_EDGES} spread edges"
     lines = []
     for n, p in args.pairs:
         batch = make_batch(n, p, device=device)
@@ -123,20 +127,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="late-training logits: the negatives 6 lower (below every positive's window)")
     parser.add_argument("--lanes", type=int,
                         help="the most accumulation lanes the engine may use (1: one table; default: the engine's)")
+    parser.add_argument("--spread", type=int, default=0,
+                        help="zero-weight edges below the windows on the device path (default 0: none)")
     add_cuda_graphs_switch(parser)
     args = parser.parse_args(argv)
     apply_cuda_graphs_switch(args)
     losses, device = parse_losses_and_device(parser, args.losses, args.device, LOSSES)
     if args.lanes is not None and args.lanes < 1:
         parser.error("--lanes must be >= 1")
+    if args.spread < 0:
+        parser.error("--spread must be >= 0")
     args.pairs = parse_size_pairs(parser, args.sizes)
-    lanes = engine._LANES
+    lanes, spread = engine._LANES, engine._SPREAD_EDGES
     if args.lanes is not None:
         engine._LANES = args.lanes
+    engine._SPREAD_EDGES = args.spread
     try:
         lines = _report(args, losses, device)
     finally:
-        engine._LANES = lanes  # the engine's setting is process-wide: put it back
+        engine._LANES, engine._SPREAD_EDGES = lanes, spread  # the engine's settings are process-wide: put them back
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")

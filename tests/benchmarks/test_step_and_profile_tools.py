@@ -65,3 +65,11 @@ def test_kernel_profile_reports_every_loss_with_wall_and_busy_times(tmp_path):
         wall, busy = (float(v) for v in row.strip("|").split("|")[3:5])
         assert wall > 0 and busy > 0
     assert kernel_profile.engine._LANES == lanes  # the process-wide setting is put back
+
+
+def test_kernel_profile_spread_edges_are_named_and_put_back(tmp_path):
+    out = tmp_path / "profile.txt"
+    assert kernel_profile.main(["--sizes", "40000x20", "--losses", "ap", "--top", "3", "--late", "--spread", "256",
+                                "--out", str(out)]) == 0
+    assert "late-training logits, at most 1024 accumulation lanes, 256 spread edges: wall" in out.read_text()
+    assert kernel_profile.engine._SPREAD_EDGES == 0

@@ -224,3 +224,67 @@ def test_one_adjoint_table_for_several_kernels(bank, fast):
             windows.point_sums(points, windows.adjoint_table(c, (0,)), 1)
     finally:
         set_cpu_fast_paths(True)
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+@pytest.mark.parametrize("spread", [64, 1024])
+@pytest.mark.parametrize("bank", ["smoothed", "control+derivative", "half-open steps", "shifted"])
+def test_spread_edges_change_no_sum_and_split_the_crowd_below(bank, spread, lanes, monkeypatch):
+    """Zero-weight edges below the windows (the device path's opt-in spread) leave every sum and
+    adjoint as it was (against dense float64 ones, points left out and a kernel with a base value
+    included), and the crowd below every window no longer shares one bucket."""
+    monkeypatch.setattr("detlosses.ranking.engine._SPREAD_MIN_POINTS", 1)
+    monkeypatch.setattr("detlosses.ranking.engine._SPREAD_EDGES", spread)
+    if lanes:
+        monkeypatch.setattr("detlosses.ranking.engine._LANES_MIN_POINTS", 1)
+    kernels = BANKS[bank]
+    g = torch.Generator().manual_seed(spread)
+    m = 64 * 157
+    q = torch.randn(30, generator=g, dtype=torch.float64)
+    x = torch.cat([torch.randn(m // 4, generator=g, dtype=torch.float64),  # most far below every window
+                   -8.0 + 0.3 * torch.randn(m - m // 4, generator=g, dtype=torch.float64)])
+    keep = torch.rand(m, generator=g) < 0.9
+    c = torch.randn(30, generator=g, dtype=torch.float64)
+    set_cpu_fast_paths(False)
+    try:
+        windows = Windows(q, HingeKernels.of(*kernels), points=x)
+        points, own = windows.points(x, keep=keep), windows.points(q)
+        sums = windows.query_sums([(points, None)]).reshape(30, len(kernels))
+        adjoints = [(windows.point_sums(points, c, k), windows.point_sums(own, c, k)) for k in range(len(kernels))]
+    finally:
+        set_cpu_fast_paths(True)
+    assert windows.spread == spread and windows.sorted_edges.numel() == spread + windows.num_edges
+    for index, kernel in enumerate(kernels):
+        dense = kernel(x[None, :] - q[:, None]) * keep
+        torch.testing.assert_close(sums[:, index], dense.sum(1), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(adjoints[index][0], dense.T @ c, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(adjoints[index][1], kernel(q[None, :] - q[:, None]).T @ c, rtol=1e-10, atol=1e-10)
+    below = points.buckets[keep & (x < -4.0)]
+    assert int(below.max()) <= spread  # no real edge below them
+    # over many buckets, not one: the fullest holds at most 16 times an even share (2-20 % here)
+    assert int(torch.bincount(below).max()) <= 16 * below.numel() // spread
+    left_out = points.buckets[~keep]
+    assert int(left_out.max()) < spread and left_out.unique().numel() >= 8  # the points left out cycle too
+
+
+def test_losses_with_spread_edges_equal_the_losses_without(monkeypatch):
+    """The four ranking losses on the device path, late-training logits (most negatives far below
+    every window, 2% ignored): values and gradients the same with and without spread edges."""
+    from .test_static_shapes import _all_four, _assert_same  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(5)
+    n = 20_000
+    logits = torch.randn(n, generator=g, dtype=torch.float64)
+    targets = torch.zeros(n)
+    targets[torch.randperm(n, generator=g)[:40]] = 1.0
+    targets[torch.randperm(n, generator=g)[: n // 50]] = -1.0
+    logits = torch.where(targets == 1, logits, logits - 8.0)
+    monkeypatch.setattr("detlosses.ranking.engine._SPREAD_MIN_POINTS", 1)
+    set_cpu_fast_paths(False)
+    try:
+        without = _all_four(logits, targets)
+        monkeypatch.setattr("detlosses.ranking.engine._SPREAD_EDGES", 256)
+        spread = _all_four(logits, targets)
+    finally:
+        set_cpu_fast_paths(True)
+    _assert_same(spread, without, rtol=1e-9)

@@ -119,7 +119,7 @@ class RankingBatch:
 
     @functools.cached_property
     def windows(self) -> Windows:
-        return Windows(self.positive_scores, self.kernels)
+        return Windows(self.positive_scores, self.kernels, points=self.scores)
 
     @functools.cached_property
     def negatives(self) -> PointSet:

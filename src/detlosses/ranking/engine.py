@@ -116,6 +116,19 @@ _LANES = 1024
 _LANES_TABLE_ELEMENTS = 1 << 21
 
 
+# Off the CPU's fast path, for point sets of this many points or more, the windows may get
+# _SPREAD_EDGES zero-weight edges spread evenly from the lowest point up to the lowest window edge.
+# They change no sum (a point is above a real edge or not, whatever lies between), but they split
+# the bucket of the points below every window, which late in training holds nearly every negative:
+# their atomic adds go to up to _SPREAD_EDGES buckets (times the lanes) instead of one; the points
+# left out (ignored, or the positives among the negatives) cycle through them too. On an H100
+# (AP-Loss, N = 1e8, P = 4000, 64 lanes) that crowd cost 38 ms against 13 ms early in training.
+# Off (0) until a GPU has measured it: it costs 8 operators per call (aLRP Loss would exceed its
+# budget of 80). `benchmarks.kernel_profile --late --spread 1024` measures it.
+_SPREAD_MIN_POINTS = 1 << 15
+_SPREAD_EDGES = 0
+
+
 def _accumulation_lanes(points: int, table_elements: int) -> int:
     """Interleaved copies of a ``table_elements`` table for ``points`` points (1: the table alone)."""
     lanes = math.gcd(points, _LANES) if points >= _LANES_MIN_POINTS else 1
@@ -224,6 +237,18 @@ def _kernel_tensors(kernels: HingeKernels, dtype: torch.dtype, device: torch.dev
     )
 
 
+@cache
+def _spread_fractions(count: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(count,)``: ``k / count`` for ``k = 0, 1, ..., count - 1`` (made once per dtype and device)."""
+    return torch.arange(count, dtype=torch.float64).div_(count).to(dtype=dtype, device=device)
+
+
+@cache
+def _spread_buckets(lanes: int, device: torch.device) -> Tensor:
+    """``(lanes,)`` int64: ``0, 1, ..., lanes - 1``, the buckets the points left out cycle through."""
+    return torch.arange(lanes, device=device)
+
+
 @dataclass
 class PointSet:
     """Points bucketed among the edges of one :class:`Windows`."""
@@ -294,9 +319,12 @@ class Windows:
     Args:
         queries: ``(P,)`` query scores (any order), in the working dtype; ``P >= 1``.
         kernels: the kernels (hinge form) the sums will use.
+        points: the scores of the largest point set these windows will bucket, if known: off the
+            CPU's fast path, for 2^15 or more of them, zero-weight edges are spread below the windows
+            (:attr:`spread`), so that the points below every window do not all share one bucket.
     """
 
-    def __init__(self, queries: Tensor, kernels: HingeKernels) -> None:
+    def __init__(self, queries: Tensor, kernels: HingeKernels, points: Tensor | None = None) -> None:
         self.kernels = kernels
         self.tables = kernels.tensors(queries.dtype, queries.device)
         edges = torch.add(self.tables.offsets, queries)  # (m, P): edge (r, i) is a_r + q_i
@@ -311,6 +339,19 @@ class Windows:
         # T(e) = #(edges <= e). The moments above e are a suffix over the buckets: a cumulative sum
         # of the flipped table (rows L..0) read at L - T(e).
         self.above_index = torch.rsub(torch.searchsorted(self.sorted_edges, edges, right=True), self.num_edges)
+        #: zero-weight edges in front of the sorted edges (buckets 0 to ``spread`` lie below every
+        #: window); the index above stays right: it counts from the top of the table
+        self.spread = 0
+        if points is not None and _SPREAD_EDGES > 0 and points.numel() >= _SPREAD_MIN_POINTS and not (
+                _CPU_FAST_PATHS and points.device.type == "cpu"):
+            lowest = self.sorted_edges[:1]
+            low = torch.minimum(points.amin(), lowest)  # (1,): not above the lowest edge
+            # lerp stays at or below its end point: the spread edges stay below every real edge
+            # (one out of order by rounding would only move points among the buckets below them)
+            fractions = _spread_fractions(_SPREAD_EDGES, lowest.dtype, lowest.device)
+            self.sorted_edges = torch.cat([torch.lerp(low, lowest, fractions), self.sorted_edges])
+            self.spread = _SPREAD_EDGES
+        self.num_buckets = self.num_edges + self.spread + 1
         # each edge's polynomial in x above it, by Horner in the exact negated edge -(q_i + a_r)
         # (float64; the float32 scores promote exactly): beta[(k,) j, r, i], the coefficient of x^j
         negated = torch.sub(self.tables.negated_offsets64, queries)
@@ -332,8 +373,18 @@ class Windows:
         if buckets is None:
             buckets = self.bucketize(scores, keep)
         elif keep is not None:
-            buckets = torch.where(keep, buckets, 0)
+            buckets = self._leave_out(buckets, keep)
         return PointSet(buckets, scores, keep)
+
+    def _leave_out(self, buckets: Tensor, keep: Tensor) -> Tensor:
+        """``buckets`` with the points not kept below every window: bucket 0, or with spread edges
+        point ``j`` in bucket ``j mod d`` (``d`` the largest power of two up to :attr:`spread` that
+        divides the number of points), which spreads their atomic adds at no extra cost."""
+        lanes = math.gcd(buckets.numel(), self.spread) if self.spread else 1
+        if lanes < 8:
+            return torch.where(keep, buckets, 0)
+        below = _spread_buckets(lanes, buckets.device)
+        return torch.where(keep.view(-1, lanes), buckets.view(-1, lanes), below).view(-1)
 
     def bucketize(self, scores: Tensor, keep: Tensor | None = None) -> Tensor:
         """Number of edges strictly below each score in ``[0, L]`` (0 where ``keep`` is False):
@@ -345,7 +396,7 @@ class Windows:
                 return buckets
             if _CPU_FAST_PATHS and buckets.device.type == "cpu":  # in place: no second array
                 return buckets.masked_fill_(~keep, 0)
-            return torch.where(keep, buckets, 0)
+            return self._leave_out(buckets, keep)
         # CPU: a uniform grid answers most points with one multiply-add and one look-up; points in a
         # cell that holds an edge are finished by binary search (exact either way). int32 cells and
         # table: half the memory traffic of int64 (this CPU, 16e6 points: 72 against 130 ms)
@@ -426,7 +477,7 @@ class Windows:
         # (channel, power, bucket): every accumulation runs along the last, contiguous dimension
         device = point_sets[0][0].scores.device
         cpu = _CPU_FAST_PATHS and device.type == "cpu"
-        table = torch.zeros(channels, degree + 1, self.num_edges + 1, dtype=torch.float64, device=device)
+        table = torch.zeros(channels, degree + 1, self.num_buckets, dtype=torch.float64, device=device)
         start = 0
         for points, weights in point_sets:
             if weights is None:  # one channel of ones
@@ -573,10 +624,11 @@ class Windows:
         else:
             beta = torch.stack([self._kernel_beta(k) for k in kernels])
         # per-edge polynomials in x (one row per power), in sorted edge order, cumulated: bucket b
-        # has the b lowest edges below it (bucket 0, and the points left out: none); (K' J, L + 1)
+        # has the b lowest edges below it (bucket 0, and the points left out: none; with spread
+        # edges, buckets 0 to spread: none either); (K' J, L + 1 + spread)
         per_edge = beta * coefficients
         cumulative = per_edge.reshape(-1, self.num_edges).index_select(1, self.order).cumsum(1)
-        table = torch.nn.functional.pad(cumulative, (1, 0))
+        table = torch.nn.functional.pad(cumulative, (1 + self.spread, 0))
         bases = [self.kernels.base[k] for k in kernels]
         if any(bases):  # every point taking part also sees base * sum(c)
             total, rows = coefficients.sum(), self.kernels.degree + 1
