@@ -184,7 +184,10 @@ def test_lane_accumulation_gives_the_same_sums(bank, m, monkeypatch):
 
 
 def test_accumulation_lanes_divide_the_points_and_keep_the_copies_small():
-    from detlosses.ranking.engine import _accumulation_lanes
+    from detlosses.ranking.engine import _accumulation_lanes, interleaved_lanes
+
+    # the one rule of every interleaving (the engine's tables, the spread edges, GHM's histogram)
+    assert [interleaved_lanes(n, 32) for n in (96, 64, 40, 12, 7)] == [32, 32, 8, 1, 1]
 
     big = 1 << 21
     assert _accumulation_lanes(1 << 16, 122) == 1  # few points: one table

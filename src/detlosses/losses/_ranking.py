@@ -29,7 +29,6 @@ these mask. ``tests/losses/test_static_shapes.py`` runs every formula that way o
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,16 +38,7 @@ from torch import Tensor
 from ..distributed import DistributedContext
 from ..ranking.engine import AdjointTable, HingeKernels, PointSet, Windows, cpu_fast_paths_enabled, working_dtype
 from . import _graphs
-from ._validation import (
-    check_continuous_targets,
-    check_finite,
-    check_same_shape,
-    check_tensor,
-    check_ternary_targets,
-    check_unit_interval,
-    validate_args_enabled,
-    zero64,
-)
+from ._validation import check_same_shape, check_tensor, explain, range_passes, validate_args_enabled, zero64
 
 __all__ = [
     "RankingBatch", "RankingGradients", "ValueCheck", "prepare", "identity_update", "no_positive_values", "ranked",
@@ -203,15 +193,16 @@ def _range(values: Tensor) -> list[Tensor]:
 def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor, negative: Tensor, continuous: bool,
                   checks: Sequence[ValueCheck], counted: int | None = None) -> int:
     """Number of positives (``counted``: already known); with validation on, every value check read
-    back with it at once."""
+    back with it at once (the rules of :func:`~._validation.range_passes`)."""
     if not validate_args_enabled():
         return int(positive.sum().item()) if counted is None else counted
     # targets: a range check suffices for integers; float ternary targets are checked by counting
     # (every one is 1, 0 or -1 iff the counts add up to N), which also catches fractions
     counting = not continuous and flat_targets.is_floating_point()
-    ranged = continuous or not (counting or flat_targets.dtype == torch.bool)
-    ranges = [_range(flat_logits), _range(flat_targets) if ranged else [],
-              *(_range(c.values) for c in checks)]
+    target_rule = "continuous" if continuous else None if counting or flat_targets.dtype == torch.bool else "ternary"
+    ranged = [(flat_logits, "logits", "finite"), *(((flat_targets, "targets", target_rule),) if target_rule else ()),
+              *((c.values, c.name, c.rule) for c in checks)]
+    ranges = [_range(values) for values, _, _ in ranged]
     # integer counts (no float copy of the masks); a float64 zero makes the stack float64 (exact
     # up to 2^53) whatever the dtypes of the ranges
     # on the CPU a boolean sum copies the mask to int64 first (70 ms at 16e6): count_nonzero there
@@ -219,28 +210,20 @@ def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor, n
     counts = [] if counted is not None else [count(positive)]
     if counting:
         counts += [count(negative), count(flat_targets == -1)]
-    values = torch.stack([zero64(flat_logits.device), *counts, *(v for r in ranges for v in r)]).tolist()[1:]
+    read = torch.stack([zero64(flat_logits.device), *counts, *(v for r in ranges for v in r)]).tolist()[1:]
     if counted is not None:
-        values.insert(0, counted)
-    num_positives = int(values[0])
-    ok = not counting or values[0] + values[1] + values[2] == flat_targets.numel()
+        read.insert(0, counted)
+    num_positives = int(read[0])
+    ok = not counting or read[0] + read[1] + read[2] == flat_targets.numel()
     at = 1 + 2 * counting
-    for index, r in enumerate(ranges):
-        if not r:
-            continue
-        low, high = values[at], values[at + 1]
-        at += 2
-        if index == 1:  # targets: continuous (no NaN, at most 1) or integer ternary
-            ok = ok and (not math.isnan(low) and high <= 1.0 if continuous else low >= -1 and high <= 1)
-            continue
-        ok = ok and math.isfinite(low) and math.isfinite(high)
-        if index >= 2 and checks[index - 2].rule == "unit":
-            ok = ok and low >= 0.0 and high <= 1.0
-    if not ok:  # find and name the problem (extra reads only on this error path)
-        check_finite(flat_logits, "logits")
-        (check_continuous_targets if continuous else check_ternary_targets)(flat_targets)
-        for check in checks:
-            (check_unit_interval if check.rule == "unit" else check_finite)(check.values, check.name)
+    for (_, _, rule), r in zip(ranged, ranges, strict=True):
+        if r:
+            ok = ok and range_passes(rule, read[at], read[at + 1])
+            at += 2
+    if not ok:  # find and name the problem (extra reads only on this error path): logits, targets, the rest
+        explained = [*ranged[:1], *(((flat_targets, "targets", "ternary"),) if counting else ()), *ranged[1:]]
+        for values, name, rule in explained:
+            explain(values, name, rule)
     return num_positives
 
 

@@ -118,6 +118,8 @@ def check_ternary_targets(targets: Tensor, name: str = "targets") -> None:
 
 def check_binary_targets(targets: Tensor, name: str = "targets") -> None:
     """Raise unless every target is 0 or 1."""
+    if not _VALIDATE_ARGS or targets.numel() == 0:
+        return
     if bool(((targets != 0) & (targets != 1)).any()):
         bad = targets[(targets != 0) & (targets != 1)].flatten()[:5].tolist()
         raise ValueError(f"{name} must be binary (0 or 1) per element; got values such as {bad}")
@@ -225,6 +227,27 @@ def deferred_checks() -> Iterator[None]:
         _judge(pending)
 
 
+def range_passes(rule: str, low: float, high: float) -> bool:
+    """Whether the ``(min, max)`` read back of some values passes ``rule``: ``"finite"``, ``"unit"``
+    (finite, in ``[0, 1]``), ``"continuous"`` (Rank & Sort targets: no NaN, at most 1) or
+    ``"ternary"`` (integer targets: from -1 to 1)."""
+    if rule == "continuous":
+        return not math.isnan(low) and high <= 1.0
+    if rule == "ternary":
+        return low >= -1 and high <= 1
+    return math.isfinite(low) and math.isfinite(high) and (rule != "unit" or (low >= 0.0 and high <= 1.0))
+
+
+_EXPLAIN = {"ternary": check_ternary_targets, "binary": check_binary_targets, "unit": check_unit_interval,
+            "continuous": check_continuous_targets, "finite": check_finite}
+
+
+def explain(values: Tensor, name: str, rule: str) -> None:
+    """The detailed check of ``rule``, which names the problem: it raises if ``values`` fail it
+    (run only once a fused read has failed: it reads the device itself)."""
+    _EXPLAIN[rule](values, name)
+
+
 def _judge(groups: list[tuple[tuple[Check, ...], list[Tensor]]]) -> None:
     """One host read of every group's reductions; the detailed check of the first that fails."""
     # a float64 zero first makes the stack float64 whatever the dtypes of the reductions (exact)
@@ -238,17 +261,8 @@ def _judge(groups: list[tuple[tuple[Check, ...], list[Tensor]]]) -> None:
                 ok = ok and read[at] == 0
                 at += 1
                 continue
-            low, high = read[at], read[at + 1]
+            ok = ok and range_passes(rule, read[at], read[at + 1])
             at += 2
-            ok = ok and math.isfinite(low) and math.isfinite(high) and (
-                rule != "unit" or (low >= 0.0 and high <= 1.0))
         if not ok:
             for values, name, rule in checks:
-                if rule == "ternary":
-                    check_ternary_targets(values, name)
-                elif rule == "binary":
-                    check_binary_targets(values, name)
-                elif rule == "unit":
-                    check_unit_interval(values, name)
-                else:
-                    check_finite(values, name)
+                explain(values, name, rule)

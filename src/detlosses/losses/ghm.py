@@ -27,13 +27,13 @@ start-up bias (first weights ``1 / (1 - m)`` too large); it is on by default
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import DistributedContext, resolve_context, union_sum
+from ..ranking.engine import interleaved_lanes
 from ._precision import full_precision
 from ._reduction import check_reduction
 from ._validation import check_same_shape, check_tensor, fused_checks, validate_args_enabled
@@ -64,8 +64,7 @@ def gradient_bin_counts(g: Tensor, valid: Tensor, edges: Tensor) -> tuple[Tensor
     bins = edges.numel() - 1
     index = (torch.bucketize(g, edges, right=True) - 1).clamp_(0, bins - 1)
     n = index.numel()
-    lanes = math.gcd(n, _HISTOGRAM_LANES) if n >= _HISTOGRAM_MIN_ELEMENTS else 1
-    lanes = lanes if lanes >= 8 else 1
+    lanes = interleaved_lanes(n, _HISTOGRAM_LANES) if n >= _HISTOGRAM_MIN_ELEMENTS else 1
     # bin b of copy c counts the valid elements of index b among elements j = c (mod lanes): a histogram
     # of unit-wide bins centred on the integers b + bins * c, invalid elements moved below its range;
     # copies count in float32 (exact up to 2^24 per bin and copy; faster atomics), one table in float64

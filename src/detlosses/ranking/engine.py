@@ -129,9 +129,17 @@ _SPREAD_MIN_POINTS = 1 << 15
 _SPREAD_EDGES = 0
 
 
+def interleaved_lanes(count: int, most: int) -> int:
+    """How many interleaved copies spread ``count`` items (item ``j`` into copy ``j mod lanes``): the
+    largest power of two up to ``most`` (a power of two) that divides ``count``, or 1 below 8 (a
+    view of the items as ``(count / lanes, lanes)`` then needs no padding)."""
+    lanes = math.gcd(count, most)
+    return lanes if lanes >= 8 else 1
+
+
 def _accumulation_lanes(points: int, table_elements: int) -> int:
     """Interleaved copies of a ``table_elements`` table for ``points`` points (1: the table alone)."""
-    lanes = math.gcd(points, _LANES) if points >= _LANES_MIN_POINTS else 1
+    lanes = interleaved_lanes(points, _LANES) if points >= _LANES_MIN_POINTS else 1
     while lanes > 1 and lanes * table_elements > _LANES_TABLE_ELEMENTS:
         lanes //= 2
     return lanes if lanes >= 8 else 1
@@ -380,8 +388,8 @@ class Windows:
         """``buckets`` with the points not kept below every window: bucket 0, or with spread edges
         point ``j`` in bucket ``j mod d`` (``d`` the largest power of two up to :attr:`spread` that
         divides the number of points), which spreads their atomic adds at no extra cost."""
-        lanes = math.gcd(buckets.numel(), self.spread) if self.spread else 1
-        if lanes < 8:
+        lanes = interleaved_lanes(buckets.numel(), self.spread) if self.spread else 1
+        if lanes == 1:
             return torch.where(keep, buckets, 0)
         below = _spread_buckets(lanes, buckets.device)
         return torch.where(keep.view(-1, lanes), buckets.view(-1, lanes), below).view(-1)
