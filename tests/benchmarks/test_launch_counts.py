@@ -242,6 +242,15 @@ def test_counts_replaying_a_cuda_graph(name):
     assert (count.top_level, count.syncs) == PINNED_GRAPH[name], f"{name}: sync operators {count.sync_ops}"
 
 
+@pytest.mark.parametrize("name", list(PINNED_GRAPH))
+def test_half_precision_logits_are_converted_once_into_the_graph(name):
+    """AMP's float16 logits: the copy into the graph's float32 buffer converts them (no separate
+    conversion first); the only operator more is the backward's conversion of the gradient."""
+    half = {k: (v.half() if k == "logits" else v) for k, v in _batch().items()}
+    count = measure_loss(name, half, graphs=True)
+    assert (count.top_level, count.syncs) == (PINNED_GRAPH[name][0] + 1, PINNED_GRAPH[name][1])
+
+
 # one criterion step (assignment + criterion + backward): the assignment's enumeration of the positives,
 # and one read for all the losses' value checks (the ranking losses: with their number of positives)
 CRITERION_SYNCS = {"focal": 1, "ap": 2, "alrp": 2, "rank_sort": 2, "pap": 2, "ghm": 2, "iou_balanced": 2}

@@ -118,6 +118,16 @@ def test_one_capacity_serves_different_counts():
     _assert_same(got, _all_four(logits, targets))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_are_converted_in_the_copy(dtype):
+    """The graph copies half-precision logits into its float32 buffer (converting them there, with
+    no float32 copy first): values and gradients as the eager path's."""
+    logits, targets = _ternary(3000, 20, seed=6, dtype=dtype)
+    with _graphs.force_static_shapes():
+        got = _all_four(logits, targets)
+    _assert_same(got, _all_four(logits, targets), rtol=1e-6)
+
+
 def test_padding_is_masked_out_of_every_sum():
     """Planted-bug guard: without the padding mask the padded copies of the first positive count
     as positives (checked to fail by making masked() a no-op)."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..ranking.engine import working_dtype
 from . import _ranking
 
 __all__ = ["set_cuda_graphs", "cuda_graphs_enabled", "capacity", "force_static_shapes", "clear"]
@@ -194,22 +195,22 @@ def clear() -> None:
 
 
 def _eligible(batch: _ranking.RankingBatch) -> bool:
-    device = batch.scores.device
+    device = batch.logits.device
     if not batch.graphable or batch.context.active:
         return False
     if _FORCED:
         return True
-    return (_ENABLED and device.type == "cuda" and batch.scores.numel() <= _MAX_POINTS
+    return (_ENABLED and device.type == "cuda" and batch.logits.numel() <= _MAX_POINTS
             and capacity(int(batch.positive_index.numel())) <= _MAX_CAPACITY
             and not torch.cuda.is_current_stream_capturing())
 
 
-def _shared_buffers(batch: _ranking.RankingBatch) -> tuple[Tensor, Tensor]:
-    key = (batch.scores.device, batch.scores.numel(), batch.scores.dtype)
+def _shared_buffers(batch: _ranking.RankingBatch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    key = (batch.logits.device, batch.logits.numel(), dtype)
     if key in _BUFFERS:
         _BUFFERS.move_to_end(key)
     else:
-        _BUFFERS[key] = (torch.empty_like(batch.scores), torch.empty_like(batch.negative_mask))
+        _BUFFERS[key] = (torch.empty_like(batch.logits, dtype=dtype), torch.empty_like(batch.negative_mask))
         while len(_BUFFERS) > 4:
             _BUFFERS.popitem(last=False)
     return _BUFFERS[key]
@@ -227,7 +228,8 @@ def run(batch: _ranking.RankingBatch, formula: Formula, extra: Tensor | None):
     count = int(batch.positive_index.numel())
     slots = capacity(count)
     extra_dtype = None if extra is None else extra.dtype
-    key = (formula, batch.kernels, batch.scores.device, batch.scores.numel(), slots, batch.scores.dtype,
+    dtype = working_dtype(batch.logits.dtype)  # (batch.scores would convert the logits: the copy below does)
+    key = (formula, batch.kernels, batch.logits.device, batch.logits.numel(), slots, dtype,
            batch.targets.dtype, extra_dtype)
     recorded = _GRAPHS.get(key, False)
     if recorded is None and not _FORCED:  # recording this shape failed before
@@ -236,14 +238,14 @@ def run(batch: _ranking.RankingBatch, formula: Formula, extra: Tensor | None):
         _GRAPHS.move_to_end(key)
         inputs = recorded.inputs
     else:
-        device = batch.scores.device
-        scores, negatives = _shared_buffers(batch)
+        device = batch.logits.device
+        scores, negatives = _shared_buffers(batch, dtype)
         inputs = _Inputs(scores, negatives, torch.zeros(slots, dtype=torch.int64, device=device),
                          torch.zeros((), dtype=torch.float64, device=device),
                          None if extra is None else torch.zeros(slots, dtype=torch.float64, device=device),
                          batch.targets.new_zeros(slots) if getattr(formula, "uses_positive_targets", False)
                          else None)
-    inputs.scores.copy_(batch.scores)
+    inputs.scores.copy_(batch.logits)  # (converting half-precision logits in the same pass)
     inputs.negatives.copy_(batch.negative_mask)
     index, extra_slots, targets = inputs.filled(count)
     index.copy_(batch.positive_index)

@@ -83,7 +83,7 @@ class RankingBatch:
     :attr:`num_positives` as a number) is correct either way.
     """
 
-    scores: Tensor  # (N,) detached, working dtype
+    logits: Tensor  # (N,) flattened, detached, in their own dtype (see scores)
     targets: Tensor | None  # (N,) flattened targets (static shapes: None, see positive_targets)
     positive_index: Tensor  # (P_local,) positions of this rank's positives (static: (capacity,))
     negative_mask: Tensor  # (N,) bool
@@ -96,6 +96,13 @@ class RankingBatch:
     extra: Tensor | None = None
     #: whether the formula may run as a static-shape batch (False once a loss changes the batch)
     graphable: bool = True
+
+    @functools.cached_property
+    def scores(self) -> Tensor:
+        """``(N,)`` the logits in the working dtype (float32 or float64), converted when first asked
+        for: a CUDA graph converts them in the copy into its own buffer instead (:mod:`._graphs`)."""
+        dtype = working_dtype(self.logits.dtype)
+        return self.logits if self.logits.dtype == dtype else self.logits.to(dtype)
 
     @functools.cached_property
     def positive_targets(self) -> Tensor:
@@ -274,13 +281,11 @@ def _prepare(logits: Tensor, targets: Tensor, kernels: HingeKernels, context: Di
     sizes = context.gather_sizes(count, logits.device)
     if sum(sizes) == 0:
         return None
-    dtype = working_dtype(logits.dtype)
-    scores = flat_logits if flat_logits.dtype == dtype else flat_logits.to(dtype)  # no operator when it is one
     if positive_index is None:
         positive_index = torch.nonzero_static(positive, size=count).view(-1)
     # the positives' scores, the windows and the bucketed points are built when a formula first
     # asks for them (RankingBatch's cached properties), or inside a CUDA graph (._graphs)
-    return RankingBatch(scores, flat_targets, positive_index, negative_mask, context, sizes, kernels)
+    return RankingBatch(flat_logits, flat_targets, positive_index, negative_mask, context, sizes, kernels)
 
 
 def no_positive_values(logits: Tensor, count: int) -> tuple[Tensor, ...]:
