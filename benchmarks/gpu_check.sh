@@ -18,10 +18,11 @@ mkdir -p "$OUT"
 PROFILES=$(mktemp -d)
 if [ "${SMALL:-0}" = 1 ]; then
   LAUNCH_SIZES=100000x100; LOSS_SIZES=(--sizes small --repeats 1); SMALL_PROFILE=100000x100; BIG_PROFILE=200000x100
+  LATE_PROFILE=200000x100
   STEP=(--image-size 128 --batch 2 --repeats 2 --warmup 1); GRAPH_SIZES=(--sizes 100000x100 --rounds 1)
 else
   LAUNCH_SIZES=1000000x1000,10000000x4000,100000000x4000; LOSS_SIZES=(--sizes gpu); SMALL_PROFILE=1000000x1000
-  BIG_PROFILE=100000000x4000; STEP=(); GRAPH_SIZES=()
+  BIG_PROFILE=100000000x4000; STEP=(); GRAPH_SIZES=(); LATE_PROFILE=10000000x4000,100000000x4000
 fi
 [ "${LOOPS:-0}" = 1 ] || LOSS_SIZES+=(--no-loop)
 step() { echo; echo "=== $1 ($(date +%T))"; }
@@ -46,8 +47,8 @@ step "kernel profiles: every loss; late training without and with spread edges; 
 profile early --sizes "$SMALL_PROFILE,$BIG_PROFILE"
 # late training (the negatives below every window), without and with the opt-in spread edges, and
 # the spread edges early in training (they must not cost there)
-profile late --sizes "$BIG_PROFILE" --losses focal,ap,alrp --late
-profile late_spread --sizes "$BIG_PROFILE" --losses ap,alrp --late --spread 1024
+profile late --sizes "$LATE_PROFILE" --losses focal,ap,alrp --late
+profile late_spread --sizes "$LATE_PROFILE" --losses ap,alrp --late --spread 1024
 profile early_spread --sizes "$SMALL_PROFILE,$BIG_PROFILE" --losses ap,alrp,rank_sort,pap --spread 1024
 if [ "${LANES:-0}" = 1 ]; then
   profile early_one_table --sizes "$BIG_PROFILE" --losses ap --lanes 1
