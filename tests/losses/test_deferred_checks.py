@@ -114,3 +114,21 @@ def test_a_block_holds_its_own_threads_checks_only():
         worker.join()
         assert _validation.pending_checks() == []
     assert len(errors) == 1 and "pred" in str(errors[0])
+
+
+@pytest.mark.parametrize("rule, allowed", [("ternary", (-1, 0, 1)), ("binary", (0, 1))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.int8])
+def test_set_rules_accept_exactly_their_values(rule, allowed, dtype):
+    """"ternary"/"binary" read a range and (floating point) the elements with a fraction: every
+    allowed value passes, anything else (a fraction, one beyond the range, NaN, Inf) is named."""
+    good = torch.tensor(allowed * 50, dtype=dtype)
+    _validation.fused_checks((good, "targets", rule))
+    bad_values = [allowed[0] - 1, allowed[-1] + 1]
+    if dtype.is_floating_point:
+        bad_values += [0.5, -0.25, 1 - 2**-20, float("nan"), float("inf")]
+    for bad in bad_values:
+        values = good.clone()
+        values[17] = bad
+        with pytest.raises(ValueError, match="targets"):
+            _validation.fused_checks((values, "targets", rule))
+    _validation.fused_checks((torch.tensor([True, False]), "targets", rule))  # booleans are in any set

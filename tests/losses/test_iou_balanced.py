@@ -61,6 +61,26 @@ def test_focal_per_anchor_ious_and_ignored_and_avg_factor():
     torch.testing.assert_close(module(logits, targets, ious, avg_factor=7.0), 2.0 * a / 7.0)
 
 
+def test_focal_reads_the_ious_at_the_positives_only():
+    """IoUs elsewhere (NaN, out of range) change nothing: per anchor (the weight is computed on the
+    anchors, then viewed at every element) and per element; gradients included."""
+    logits, targets, ious = cls_batch(5)
+    per_anchor = ious[:, 0]
+    has_positive = (targets == 1).any(-1)
+    garbage_anchor = torch.where(has_positive, per_anchor, float("nan"))
+    garbage_full = torch.where(targets == 1, ious, torch.where(targets == 0, 7.0, float("nan")))
+    for clean, garbage in ((per_anchor, garbage_anchor), (ious, garbage_full)):
+        values, grads = [], []
+        for given in (clean, garbage):
+            x = logits.clone().requires_grad_(True)
+            value = detlosses.iou_balanced_focal_loss(x, targets, given, reduction="sum")
+            value.backward()
+            values.append(value)
+            grads.append(x.grad)
+        torch.testing.assert_close(values[1], values[0])
+        torch.testing.assert_close(grads[1], grads[0])
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_smooth_l1_matches_reference(normalize):
     g = torch.Generator().manual_seed(3)

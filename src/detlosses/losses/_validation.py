@@ -165,13 +165,27 @@ def check_nonnegative_scalar(value: float, name: str) -> float:
 
 
 Check = tuple[Tensor, str, str]
-_COUNTED_RULES = {"ternary": (0.0, 1.0, -1.0), "binary": (0.0, 1.0)}  # rule -> the values allowed
+_SET_RULES = ("ternary", "binary")  # values from a small set of integers: a range, and no fraction
 _PENDING = threading.local()  # .groups: the checks a deferred_checks block holds (per thread)
+Group = tuple[tuple[Check, ...], list[list[Tensor]]]  # the checks and, per check, its reductions
 
 
-def pending_checks() -> list[tuple[tuple[Check, ...], list[Tensor]]] | None:
+def pending_checks() -> list[Group] | None:
     """The checks held by this thread's :func:`deferred_checks` block (``None``: no block)."""
     return getattr(_PENDING, "groups", None)
+
+
+def _reductions(values: Tensor, rule: str) -> list[Tensor]:
+    """What one check reads back: ``[min, max]``, and for ``"ternary"``/``"binary"`` floating-point
+    values the number of elements with a fraction (NaN and Inf have one): three passes over the
+    values instead of one comparison per allowed value (boolean values: nothing, they are in the set)."""
+    v = values.detach()
+    if rule in _SET_RULES and v.dtype == torch.bool:
+        return []
+    reductions = list(torch.aminmax(v))
+    if rule in _SET_RULES and v.is_floating_point():
+        reductions.append(torch.count_nonzero(torch.frac(v)))
+    return reductions
 
 
 def fused_checks(*checks: Check) -> None:
@@ -187,22 +201,12 @@ def fused_checks(*checks: Check) -> None:
     checks = tuple(c for c in checks if c[0].numel())
     if not checks:
         return
-    stats = []
-    for values, _, rule in checks:
-        v = values.detach()
-        if rule in _COUNTED_RULES:
-            first, *others = _COUNTED_RULES[rule]
-            outside = v != first
-            for allowed in others:
-                outside &= v != allowed
-            stats.append(outside.sum(dtype=torch.float64))
-        else:
-            stats.extend(torch.aminmax(v))
+    group = (checks, [_reductions(values, rule) for values, _, rule in checks])
     pending = pending_checks()
     if pending is not None:
-        pending.append((checks, stats))
+        pending.append(group)
         return
-    _judge([(checks, stats)])
+    _judge([group])
 
 
 @contextlib.contextmanager
@@ -229,12 +233,13 @@ def deferred_checks() -> Iterator[None]:
 
 def range_passes(rule: str, low: float, high: float) -> bool:
     """Whether the ``(min, max)`` read back of some values passes ``rule``: ``"finite"``, ``"unit"``
-    (finite, in ``[0, 1]``), ``"continuous"`` (Rank & Sort targets: no NaN, at most 1) or
-    ``"ternary"`` (integer targets: from -1 to 1)."""
+    (finite, in ``[0, 1]``), ``"continuous"`` (Rank & Sort targets: no NaN, at most 1), ``"ternary"``
+    (from -1 to 1) or ``"binary"`` (from 0 to 1); for the last two, floating-point values must also
+    have no fraction (read separately)."""
     if rule == "continuous":
         return not math.isnan(low) and high <= 1.0
-    if rule == "ternary":
-        return low >= -1 and high <= 1
+    if rule in _SET_RULES:
+        return low >= (-1 if rule == "ternary" else 0) and high <= 1
     return math.isfinite(low) and math.isfinite(high) and (rule != "unit" or (low >= 0.0 and high <= 1.0))
 
 
@@ -248,21 +253,20 @@ def explain(values: Tensor, name: str, rule: str) -> None:
     _EXPLAIN[rule](values, name)
 
 
-def _judge(groups: list[tuple[tuple[Check, ...], list[Tensor]]]) -> None:
+def _judge(groups: list[Group]) -> None:
     """One host read of every group's reductions; the detailed check of the first that fails."""
+    reductions = [r for _, per_check in groups for reduced in per_check for r in reduced]
+    if not reductions:  # boolean targets only: nothing to read
+        return
     # a float64 zero first makes the stack float64 whatever the dtypes of the reductions (exact)
-    stats = [zero64(groups[0][1][0].device), *(s for _, group in groups for s in group)]
-    read = torch.stack(stats).tolist()
+    read = torch.stack([zero64(reductions[0].device), *reductions]).tolist()
     at = 1
-    for checks, _ in groups:
+    for checks, per_check in groups:
         ok = True
-        for _, _, rule in checks:
-            if rule in _COUNTED_RULES:
-                ok = ok and read[at] == 0
-                at += 1
-                continue
-            ok = ok and range_passes(rule, read[at], read[at + 1])
-            at += 2
+        for (_, _, rule), reduced in zip(checks, per_check, strict=True):
+            values, at = read[at: at + len(reduced)], at + len(reduced)
+            if values:  # [min, max(, elements with a fraction)]
+                ok = ok and range_passes(rule, values[0], values[1]) and values[2:] in ([], [0.0])
         if not ok:
             for values, name, rule in checks:
                 explain(values, name, rule)

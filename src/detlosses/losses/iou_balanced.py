@@ -78,24 +78,31 @@ def iou_balanced_focal_loss(
     logits = check_tensor(logits, "logits", floating=True)
     targets = check_tensor(targets, "targets")
     check_same_shape(targets, "targets", logits, "logits")
-    ious = _broadcast_ious(check_tensor(ious, "ious", floating=True), logits, "ious")
+    given = check_tensor(ious, "ious", floating=True).detach()
+    ious = _broadcast_ious(given, logits, "ious")  # one per anchor: a view, no copy
     check_reduction(reduction)
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     t = targets.to(compute_dtype)
-    ignored = t < 0
+    kept = t >= 0  # not ignored
     positive = t == 1
     fused_checks((logits, "logits", "finite"), (t, "targets", "ternary"),
-                 (torch.where(positive, ious.detach(), 0.5), "ious at the positives", "unit"))
+                 (torch.where(positive, ious, 0.5), "ious at the positives", "unit"))
     t = t.clamp_min(0.0)
     focal = sigmoid_focal_loss(logits.to(compute_dtype), t, alpha=alpha, gamma=gamma, reduction="none")
     with torch.no_grad():
-        iou_weight = torch.where(positive, ious.to(compute_dtype).clamp(0.0, 1.0) ** eta, 0.0)
+        # the IoU weight u^eta on the IoUs as given (one per anchor: C times fewer elements than the
+        # logits), finite where the IoUs are not (they matter at the positives only); then viewed
+        # at every element, and read at the positives only
+        iou_weight = given.to(compute_dtype).clamp(0.0, 1.0).pow_(eta).nan_to_num_(0.0)
+        positive_focal = torch.where(positive, focal, 0.0)
+        if iou_weight.shape != focal.shape:  # one IoU per anchor: sum over the classes first
+            positive_focal = positive_focal.sum(-1)
         context = resolve_context(distributed)
-        sums = context.all_reduce_sum(torch.stack([torch.where(positive, focal, 0.0).sum(),
-                                                   (focal * iou_weight).sum()]).to(torch.float64))
+        sums = context.all_reduce_sum(torch.stack([positive_focal.sum(), (positive_focal * iou_weight).sum()])
+                                      .to(torch.float64))
         normaliser = _safe_ratio(sums[0], sums[1]).to(compute_dtype)
-        element_weight = torch.where(positive, iou_weight * normaliser, 1.0)
-        element_weight = torch.where(ignored, 0.0, element_weight)
+        scaled = _broadcast_ious(iou_weight.mul_(normaliser), logits, "ious")
+        element_weight = torch.where(positive, scaled, kept)  # 1 at the negatives, 0 where ignored
         if weight is not None:
             element_weight = element_weight * weight.to(compute_dtype)
     return weight_reduce_loss(focal, element_weight, reduction, avg_factor)
