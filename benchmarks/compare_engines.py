@@ -18,6 +18,7 @@ Usage::
 
     python -m benchmarks.compare_engines --old-ref 3093034 --markdown engines.md
     python -m benchmarks.compare_engines --old-ref 3cc9b01 --paired --reps 61
+    python -m benchmarks.compare_engines --old-ref 1264870 --paired --losses iou_balanced
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ from benchmarks.losses import fast_call, focal_call, make_batch
 n, p, reps = (int(v) for v in sys.argv[1:4])
 reps += reps % 2  # rounds in pairs: each engine goes first once per pair
 batch = make_batch(n, p)
-names = ["focal", *LOSSES]
+names = ["focal", *sys.argv[5].split(",")]
 focal = focal_call(batch)
 calls = {(name, engine): focal if name == "focal" else fast_call(name, batch, library)
          for name in names for engine, library in (("new", detlosses), ("old", detlosses_old))}
@@ -127,9 +128,12 @@ for name in names:
     out[name] = {"new": statistics.median(new), "old": statistics.median(old), "diff": statistics.median(diff),
                  "low": boot[20], "high": boot[379]}
 print(json.dumps(out))
-""".replace("LOSSES", repr(LOSSES))
+"""
 
 PAIRED_SIZES = ((100_000, 100), (1_000_000, 1000))
+#: what ``--paired`` can time: the ranking losses, and the IoU-balanced focal loss RetinaNet-shaped
+#: (20 classes per anchor, one IoU per anchor: :func:`benchmarks.losses.fast_call`)
+PAIRED_LOSSES = (*LOSSES, "iou_balanced")
 
 
 def _old_package(worktree: Path, into: Path) -> Path:
@@ -143,14 +147,16 @@ def _old_package(worktree: Path, into: Path) -> Path:
     return into
 
 
-def compare_paired(old_ref: str, sizes=PAIRED_SIZES, reps: int = 61) -> list[dict]:
-    """Both engines in one process, called alternately (see the module's docstring)."""
+def compare_paired(old_ref: str, sizes=PAIRED_SIZES, reps: int = 61, losses=LOSSES) -> list[dict]:
+    """Both engines in one process, called alternately (see the module's docstring); ``losses``:
+    any of :data:`PAIRED_LOSSES`."""
     rows = []
     with _worktree(old_ref) as old:
         packages = _old_package(old, old.parent / "packages")
         env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}")
         for n, p in sizes:
-            done = subprocess.run([sys.executable, "-c", _PAIRED_PROBE, str(n), str(p), str(reps), str(packages)],
+            done = subprocess.run([sys.executable, "-c", _PAIRED_PROBE, str(n), str(p), str(reps), str(packages),
+                                   ",".join(losses)],
                                   cwd=ROOT, env=env, capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
             for name, r in result.items():
@@ -187,10 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paired", action="store_true",
                         help="both engines in one process, called alternately (N = 1e5 and 1e6)")
     parser.add_argument("--reps", type=int, default=61, help="--paired: calls of each loss and engine per size")
+    parser.add_argument("--losses", default=",".join(LOSSES),
+                        help=f"--paired: comma-separated subset of {','.join(PAIRED_LOSSES)}")
     args = parser.parse_args(argv)
+    losses = tuple(name.strip() for name in args.losses.split(",") if name.strip())
+    unknown = [name for name in losses if name not in PAIRED_LOSSES]
+    if unknown or not losses:
+        parser.error(f"--losses: unknown {unknown or 'empty list'}; choose from {','.join(PAIRED_LOSSES)}")
+    if not args.paired and losses != LOSSES:
+        parser.error("--losses needs --paired (the fresh-process table has one column per ranking loss)")
     if args.paired:
         print(PAIRED_HEADER)
-        rows = compare_paired(args.old_ref, reps=args.reps)
+        rows = compare_paired(args.old_ref, reps=args.reps, losses=losses)
         if args.markdown:
             args.markdown.write_text(PAIRED_HEADER + "\n" + "\n".join(_paired_row(r) for r in rows) + "\n")
         return 0

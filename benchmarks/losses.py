@@ -198,13 +198,27 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.clone().requires_grad_(True)
 
 
+#: classes per anchor when a dense loss is called on the batch RetinaNet-shaped (``"iou_balanced"``)
+ANCHOR_CLASSES = 20
+
+
 def fast_call(name: str, b: dict[str, torch.Tensor], library=detlosses) -> Callable[[], None]:
     """One forward + backward of this library's loss ``name`` (``library``: another copy of the
-    package, e.g. an earlier commit's for :mod:`benchmarks.compare_engines`)."""
+    package, e.g. an earlier commit's for :mod:`benchmarks.compare_engines`).
+
+    ``"iou_balanced"`` (IoU-balanced focal loss) sees the batch as a RetinaNet head does: anchors
+    of :data:`ANCHOR_CLASSES` classes, one IoU per anchor (the largest of its elements')."""
+    if name == "iou_balanced":
+        if b["logits"].numel() % ANCHOR_CLASSES:
+            raise ValueError(f"iou_balanced needs N divisible by {ANCHOR_CLASSES}, got {b['logits'].numel()}")
+        shape = (-1, ANCHOR_CLASSES)
+        anchor_targets, anchor_ious = b["targets"].view(shape), b["ious"].view(shape).amax(-1)
 
     def run() -> None:
         x = _leaf(b["logits"])
-        if name == "ap":
+        if name == "iou_balanced":
+            loss = library.iou_balanced_focal_loss(x.view(shape), anchor_targets, anchor_ious, reduction="sum")
+        elif name == "ap":
             loss = library.ap_loss(x, b["targets"])
         elif name == "alrp":
             e = _leaf(b["loc_errors"])

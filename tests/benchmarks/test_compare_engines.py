@@ -40,8 +40,8 @@ def test_paired_comparison_refuses_a_package_that_imports_itself_by_name(tmp_pat
 def test_paired_main_writes_its_table(tmp_path, monkeypatch):
     seen = {}
 
-    def fake(old_ref, reps):
-        seen.update(old_ref=old_ref, reps=reps)
+    def fake(old_ref, reps, losses):
+        seen.update(old_ref=old_ref, reps=reps, losses=losses)
         row = {"N": 100, "P": 1, "loss": "ap", "new": 1.0, "old": 1.5, "diff": -0.5, "low": -0.7, "high": -0.2}
         print(compare_engines._paired_row(row))
         return [row]
@@ -49,7 +49,24 @@ def test_paired_main_writes_its_table(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_engines, "compare_paired", fake)
     table = tmp_path / "paired.md"
     assert compare_engines.main(["--old-ref", "abc123", "--paired", "--reps", "7", "--markdown", str(table)]) == 0
-    assert seen == {"old_ref": "abc123", "reps": 7}
+    assert seen == {"old_ref": "abc123", "reps": 7, "losses": compare_engines.LOSSES}
     text = table.read_text()
     assert text.startswith(compare_engines.PAIRED_HEADER)
     assert "| 100 | 1 | ap | 1.00 | 1.50 | -0.500 [-0.700, -0.200] |" in text
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout (an earlier commit to compare)")
+def test_paired_comparison_of_the_iou_balanced_loss(capsys):
+    rows = compare_engines.compare_paired("HEAD", sizes=((4000, 5),), reps=3, losses=("iou_balanced",))
+    assert [r["loss"] for r in rows] == ["focal", "iou_balanced"]
+    assert all(r["new"] > 0 and r["old"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--paired", "--losses", "ap,bogus"], "unknown"),
+    (["--losses", "iou_balanced"], "needs --paired"),
+])
+def test_losses_option_is_checked(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        compare_engines.main(["--old-ref", "HEAD", *argv])
+    assert message in capsys.readouterr().err
