@@ -242,6 +242,18 @@ def test_counts_replaying_a_cuda_graph(name):
     assert (count.top_level, count.syncs) == PINNED_GRAPH[name], f"{name}: sync operators {count.sync_ops}"
 
 
+@pytest.mark.parametrize("name", RANKING)
+def test_spread_edges_start_where_operators_no_longer_count(name, monkeypatch):
+    """Spread edges switched on leave the counts below 2^20 points as pinned (N = 1e5, with and
+    without the interleaved tables); from 2^20 on they add their 8 host operators."""
+    monkeypatch.setattr("detlosses.ranking.engine._SPREAD_EDGES", 1024)
+    assert measure_loss(name, _batch()).top_level == PINNED[name][0]
+    monkeypatch.setattr("detlosses.ranking.engine._LANES_MIN_POINTS", 1)
+    assert measure_loss(name, _batch()).top_level == PINNED_LANES[name][0]
+    monkeypatch.setattr("detlosses.ranking.engine._SPREAD_MIN_POINTS", N)
+    assert measure_loss(name, _batch()).top_level == PINNED_LANES[name][0] + 8
+
+
 @pytest.mark.parametrize("name", list(PINNED_GRAPH))
 def test_half_precision_logits_are_converted_once_into_the_graph(name):
     """AMP's float16 logits: the copy into the graph's float32 buffer converts them (no separate

@@ -123,9 +123,10 @@ _LANES_TABLE_ELEMENTS = 1 << 21
 # their atomic adds go to up to _SPREAD_EDGES buckets (times the lanes) instead of one; the points
 # left out (ignored, or the positives among the negatives) cycle through them too. On an H100
 # (AP-Loss, N = 1e8, P = 4000, 64 lanes) that crowd cost 38 ms against 13 ms early in training.
-# Off (0) until a GPU has measured it: it costs 8 operators per call (aLRP Loss would exceed its
-# budget of 80). `benchmarks.kernel_profile --late --spread 1024` measures it.
-_SPREAD_MIN_POINTS = 1 << 15
+# Off (0) until a GPU has measured it (`benchmarks.kernel_profile --late --spread 1024`). It costs 8
+# host operators per call, so it starts at 2^20 points: there a call replays a CUDA graph (up to
+# 2^26) or is bound by the device, and the operator budgets (measured up to N = 1e6) hold.
+_SPREAD_MIN_POINTS = 1 << 20
 _SPREAD_EDGES = 0
 
 
@@ -328,8 +329,9 @@ class Windows:
         queries: ``(P,)`` query scores (any order), in the working dtype; ``P >= 1``.
         kernels: the kernels (hinge form) the sums will use.
         points: the scores of the largest point set these windows will bucket, if known: off the
-            CPU's fast path, for 2^15 or more of them, zero-weight edges are spread below the windows
-            (:attr:`spread`), so that the points below every window do not all share one bucket.
+            CPU's fast path, for 2^20 or more of them, zero-weight edges may be spread below the
+            windows (:attr:`spread`, opt-in), so that the points below every window do not all share
+            one bucket.
     """
 
     def __init__(self, queries: Tensor, kernels: HingeKernels, points: Tensor | None = None) -> None:
