@@ -388,8 +388,8 @@ class Windows:
 
     def _leave_out(self, buckets: Tensor, keep: Tensor) -> Tensor:
         """``buckets`` with the points not kept below every window: bucket 0, or with spread edges
-        point ``j`` in bucket ``j mod d`` (``d`` the largest power of two up to :attr:`spread` that
-        divides the number of points), which spreads their atomic adds at no extra cost."""
+        point ``j`` in bucket ``j mod d`` (``d = interleaved_lanes(points, spread)``; every bucket up
+        to :attr:`spread` is below every window), which spreads their atomic adds at no extra cost."""
         lanes = interleaved_lanes(buckets.numel(), self.spread) if self.spread else 1
         if lanes == 1:
             return torch.where(keep, buckets, 0)
