@@ -38,7 +38,7 @@ from torch import Tensor
 from ..distributed import DistributedContext
 from ..ranking.engine import AdjointTable, HingeKernels, PointSet, Windows, cpu_fast_paths_enabled, working_dtype
 from . import _graphs
-from ._validation import check_same_shape, check_tensor, explain, range_passes, validate_args_enabled, zero64
+from ._validation import check_same_shape, check_tensor, read_with_checks, validate_args_enabled
 
 __all__ = [
     "RankingBatch", "RankingGradients", "ValueCheck", "prepare", "identity_update", "no_positive_values", "ranked",
@@ -192,46 +192,19 @@ class RankingBatch:
         return coefficients if isinstance(coefficients, AdjointTable) else self.masked(coefficients)
 
 
-def _range(values: Tensor) -> list[Tensor]:
-    """``[min, max]`` of a non-empty tensor (NaN if it holds a NaN); nothing for an empty one."""
-    return list(torch.aminmax(values)) if values.numel() else []
-
-
-def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor, negative: Tensor, continuous: bool,
+def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor, continuous: bool,
                   checks: Sequence[ValueCheck], counted: int | None = None) -> int:
     """Number of positives (``counted``: already known); with validation on, every value check read
-    back with it at once (the rules of :func:`~._validation.range_passes`)."""
+    back with it at once (:func:`~._validation.read_with_checks`)."""
     if not validate_args_enabled():
         return int(positive.sum().item()) if counted is None else counted
-    # targets: a range check suffices for integers; float ternary targets are checked by counting
-    # (every one is 1, 0 or -1 iff the counts add up to N), which also catches fractions
-    counting = not continuous and flat_targets.is_floating_point()
-    target_rule = "continuous" if continuous else None if counting or flat_targets.dtype == torch.bool else "ternary"
-    ranged = [(flat_logits, "logits", "finite"), *(((flat_targets, "targets", target_rule),) if target_rule else ()),
-              *((c.values, c.name, c.rule) for c in checks)]
-    ranges = [_range(values) for values, _, _ in ranged]
-    # integer counts (no float copy of the masks); a float64 zero makes the stack float64 (exact
-    # up to 2^53) whatever the dtypes of the ranges
     # on the CPU a boolean sum copies the mask to int64 first (70 ms at 16e6): count_nonzero there
     count = torch.count_nonzero if flat_logits.device.type == "cpu" else torch.sum
-    counts = [] if counted is not None else [count(positive)]
-    if counting:
-        counts += [count(negative), count(flat_targets == -1)]
-    read = torch.stack([zero64(flat_logits.device), *counts, *(v for r in ranges for v in r)]).tolist()[1:]
-    if counted is not None:
-        read.insert(0, counted)
-    num_positives = int(read[0])
-    ok = not counting or read[0] + read[1] + read[2] == flat_targets.numel()
-    at = 1 + 2 * counting
-    for (_, _, rule), r in zip(ranged, ranges, strict=True):
-        if r:
-            ok = ok and range_passes(rule, read[at], read[at + 1])
-            at += 2
-    if not ok:  # find and name the problem (extra reads only on this error path): logits, targets, the rest
-        explained = [*ranged[:1], *(((flat_targets, "targets", "ternary"),) if counting else ()), *ranged[1:]]
-        for values, name, rule in explained:
-            explain(values, name, rule)
-    return num_positives
+    read = read_with_checks([] if counted is not None else [count(positive)],
+                            (flat_logits, "logits", "finite"),
+                            (flat_targets, "targets", "continuous" if continuous else "ternary"),
+                            *((c.values, c.name, c.rule) for c in checks))
+    return int(read[0]) if counted is None else counted
 
 
 def prepare(
@@ -273,7 +246,7 @@ def _prepare(logits: Tensor, targets: Tensor, kernels: HingeKernels, context: Di
         # the CPU has no host synchronisation to save: one nonzero gives the positives and their
         # count (nonzero_static after a separate count: 100 ms against 15 at 16e6 on this CPU)
         positive_index = positive.nonzero().view(-1)
-    count = _fused_checks(flat_logits, flat_targets, positive, negative_mask, continuous,
+    count = _fused_checks(flat_logits, flat_targets, positive, continuous,
                           [check.resolved(positive, positive_index) for check in checks],
                           None if positive_index is None else positive_index.numel())
     if before_windows is not None:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "fused_checks",
+    "read_with_checks",
     "deferred_checks",
     "set_validate_args",
     "validate_args_enabled",
@@ -179,7 +180,7 @@ def _reductions(values: Tensor, rule: str) -> list[Tensor]:
     """What one check reads back: ``[min, max]``, and for ``"ternary"``/``"binary"`` floating-point
     values the number of elements with a fraction (NaN and Inf have one): three passes over the
     values instead of one comparison per allowed value (boolean values: nothing, they are in the set)."""
-    v = values.detach()
+    v = values.detach() if torch.is_grad_enabled() else values  # (under no_grad: no graph to cut)
     if rule in _SET_RULES and v.dtype == torch.bool:
         return []
     reductions = list(torch.aminmax(v))
@@ -198,15 +199,27 @@ def fused_checks(*checks: Check) -> None:
     """
     if not _VALIDATE_ARGS:
         return
-    checks = tuple(c for c in checks if c[0].numel())
-    if not checks:
+    group = _group(checks)
+    if not group[0]:
         return
-    group = (checks, [_reductions(values, rule) for values, _, rule in checks])
     pending = pending_checks()
     if pending is not None:
         pending.append(group)
         return
     _judge([group])
+
+
+def _group(checks: tuple[Check, ...]) -> Group:
+    """The non-empty checks and their reductions."""
+    checks = tuple(c for c in checks if c[0].numel())
+    return checks, [_reductions(values, rule) for values, _, rule in checks]
+
+
+def read_with_checks(leading: list[Tensor], *checks: Check) -> list[float]:
+    """``leading`` values (e.g. a count the caller needs) read back in the same host read as the
+    value checks of ``checks`` (judged as :func:`fused_checks` judges them, at once: never deferred);
+    returns the leading values. Nothing is checked when validation is off."""
+    return _judge([_group(checks)] if _VALIDATE_ARGS else [], leading)
 
 
 @contextlib.contextmanager
@@ -253,14 +266,16 @@ def explain(values: Tensor, name: str, rule: str) -> None:
     _EXPLAIN[rule](values, name)
 
 
-def _judge(groups: list[Group]) -> None:
-    """One host read of every group's reductions; the detailed check of the first that fails."""
+def _judge(groups: list[Group], leading: list[Tensor] | None = None) -> list[float]:
+    """One host read of ``leading`` and every group's reductions; the detailed check of the first
+    group that fails. Returns the leading values."""
+    leading = leading or []
     reductions = [r for _, per_check in groups for reduced in per_check for r in reduced]
-    if not reductions:  # boolean targets only: nothing to read
-        return
+    if not reductions and not leading:  # boolean targets only: nothing to read
+        return []
     # a float64 zero first makes the stack float64 whatever the dtypes of the reductions (exact)
-    read = torch.stack([zero64(reductions[0].device), *reductions]).tolist()
-    at = 1
+    read = torch.stack([zero64((leading or reductions)[0].device), *leading, *reductions]).tolist()
+    at = 1 + len(leading)
     for checks, per_check in groups:
         ok = True
         for (_, _, rule), reduced in zip(checks, per_check, strict=True):
@@ -270,3 +285,4 @@ def _judge(groups: list[Group]) -> None:
         if not ok:
             for values, name, rule in checks:
                 explain(values, name, rule)
+    return read[1:1 + len(leading)]
