@@ -179,7 +179,9 @@ def parameterized_ap_loss(logits: Tensor, targets: Tensor, ious: Tensor, form: s
         i2, i3, i1 = torch.sigmoid(2 * cand_u - 1), torch.sigmoid(2 * up - 1), torch.sigmoid(2 * up - 1)
     else:
         raise ValueError(form)
-    per_positive = (1 - i1) + (h2 * (1 - i2)[:, None] * i3[None, :]).sum(0) / h1.sum(0)
+    h1_sum = h1.sum(0)  # 0 when no candidate ranks near or above: then no ratio term (spec)
+    ratio = (h2 * (1 - i2)[:, None] * i3[None, :]).sum(0) / torch.where(h1_sum > 0, h1_sum, 1.0)
+    per_positive = (1 - i1) + torch.where(h1_sum > 0, ratio, 0.0)
     return per_positive.sum() / sp.numel()
 
 

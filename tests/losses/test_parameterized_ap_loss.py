@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given
@@ -158,6 +160,34 @@ def test_no_positive():
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(x.grad, torch.zeros(30)) and torch.equal(u.grad, torch.zeros(30))
+
+
+@pytest.mark.parametrize("use_topk", [False, True])
+def test_a_positive_without_h1_mass_has_no_ratio_term(use_topk):
+    """A searched ``H1`` may be 0 at ``xt = 1/2`` (a positive against itself): then a positive with
+    no candidate near or above it has ``sum_S H1 = 0`` even without ``topk``, and its ratio term is
+    0 (value and gradients finite), while the others keep theirs."""
+    control = RETINANET.clone()
+    control[4] = torch.tensor([0, 0, 0.6, 0, 0.7, 0.2, 0.8, 0.5, 0.9, 0.8, 1, 1], dtype=torch.float64)
+    params = PAPParams("searched", control)
+    assert importlib.import_module("detlosses.losses.parameterized_ap_loss")._form_of(params).self_h1 == 0.0
+    g = torch.Generator().manual_seed(9)
+    logits = torch.cat([torch.tensor([6.0, -4.6], dtype=torch.float64),
+                        -4.6 + 0.3 * torch.randn(60, generator=g, dtype=torch.float64)])
+    targets = torch.zeros(62, dtype=torch.long)
+    targets[:2] = 1
+    ious = torch.rand(62, generator=g, dtype=torch.float64)
+    x, u = logits.clone().requires_grad_(True), ious.clone().requires_grad_(True)
+    loss = detlosses.parameterized_ap_loss(x, targets, u, params=params, topk=40 if use_topk else None)
+    loss.backward()
+    xr, ur = logits.clone().requires_grad_(True), ious.clone().requires_grad_(True)
+    expected = reference.parameterized_ap_loss(xr, targets, ur, "searched", control.tolist(), 40 if use_topk else None)
+    torch.testing.assert_close(loss, expected, rtol=1e-9, atol=1e-12)
+    expected.backward()
+    # the isolated positive's term is 1 - I1(u_0) alone: no gradient reaches its logit from it
+    assert torch.isfinite(x.grad).all() and torch.isfinite(u.grad).all()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-7, atol=1e-12)
+    torch.testing.assert_close(u.grad, ur.grad, rtol=1e-7, atol=1e-12)
 
 
 def test_identity_theta_gives_the_identity():

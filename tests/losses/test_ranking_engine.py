@@ -91,6 +91,31 @@ def _check_sums_and_adjoint(bank, p, n, seed, tied):
         torch.testing.assert_close(sums[:, index, 1:], dense_own @ w, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(windows.point_sums(points, c, index), dense.T @ c, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(windows.point_sums(own, c, index), dense_own.T @ c, rtol=1e-10, atol=1e-10)
+    # the same points left out by position instead of a mask (the CPU's fast path for the negatives)
+    by_position = windows.points(x, left_out=(~keep).nonzero().view(-1))
+    torch.testing.assert_close(by_position.buckets.long(), points.buckets.long(), rtol=0, atol=0)
+    again = windows.query_sums([(by_position, None), (own, w)])
+    torch.testing.assert_close(again, sums.squeeze(1) if len(kernels) == 1 else sums, rtol=0, atol=0)
+    # every kernel's adjoint from one table at once, at both point sets
+    table = windows.adjoint_table(c, tuple(range(len(kernels))))
+    for at in (points, by_position, own):
+        at_once = windows.table_point_sums(at, table)
+        assert at_once.shape == (len(kernels), at.scores.numel())
+        for index in range(len(kernels)):
+            torch.testing.assert_close(at_once[index], windows.point_sums(at, c, index), rtol=1e-12, atol=1e-12)
+            if at is not own:
+                torch.testing.assert_close(windows.point_sums(by_position, c, index),
+                                           windows.point_sums(points, c, index), rtol=0, atol=0)
+
+
+def test_points_are_left_out_by_mask_or_by_position_not_both():
+    windows = Windows(torch.zeros(3, dtype=torch.float64), HingeKernels.of(smoothed_step(0.5)))
+    x = torch.randn(10, dtype=torch.float64)
+    with pytest.raises(ValueError, match="keep or as left_out, not both"):
+        windows.points(x, keep=x > 0, left_out=torch.tensor([1]))
+    buckets = windows.points(x).buckets
+    left = windows.points(x, buckets=buckets, left_out=torch.tensor([2, 5]))  # given buckets: not in place
+    assert left.buckets[2] == 0 and left.buckets[5] == 0 and torch.equal(buckets, windows.points(x).buckets)
 
 
 def test_hinge_form_is_the_same_function():
@@ -133,14 +158,18 @@ def test_cpu_chunks_give_the_same_buckets_sums_and_adjoint(bank, dtype, monkeypa
     c = torch.randn(40, generator=g, dtype=torch.float64)
     monkeypatch.setattr(engine, "_GRID_MIN_POINTS", 1)
 
-    def evaluate():
+    left_out = (~keep).nonzero().view(-1)
+
+    def evaluate(by_position=False):
         windows = Windows(q, kernels)
-        points = windows.points(x, keep=keep)
+        points = windows.points(x, left_out=left_out) if by_position else windows.points(x, keep=keep)
         sums = windows.query_sums([(points, None)]).reshape(40, kernels.num_kernels)
         adjoint = torch.stack([windows.point_sums(points, c, k) for k in range(kernels.num_kernels)], 1)
         return points.buckets, sums, adjoint
 
     whole = evaluate()
+    for got, want in zip(evaluate(by_position=True), whole, strict=True):  # the points left out by position
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
     # the one-piece adjoint (bucket rows packed into one complex look-up) against dense float64, at
     # the points off the edges (on an edge, x - q need not round to the breakpoint)
     q64, x64 = q.to(torch.float64), x[off_edges].to(torch.float64)
@@ -151,11 +180,12 @@ def test_cpu_chunks_give_the_same_buckets_sums_and_adjoint(bank, dtype, monkeypa
     monkeypatch.setattr(engine, "_CPU_CHUNK_MIN_POINTS", 1)
     monkeypatch.setattr(engine, "_CPU_CHUNK", 97)  # 54 chunks, the last one shorter
     assert engine._cpu_chunks(x) is not None
-    buckets, sums, adjoint = evaluate()
-    assert buckets.dtype == torch.int32
-    torch.testing.assert_close(buckets.long(), torch.searchsorted(edges, x) * keep, rtol=0, atol=0)
-    torch.testing.assert_close(sums, whole[1], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(adjoint, whole[2], rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-9)
+    for by_position in (False, True):
+        buckets, sums, adjoint = evaluate(by_position)
+        assert buckets.dtype == torch.int32
+        torch.testing.assert_close(buckets.long(), torch.searchsorted(edges, x) * keep, rtol=0, atol=0)
+        torch.testing.assert_close(sums, whole[1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(adjoint, whole[2], rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-9)
 
 
 @pytest.mark.parametrize("m", [1024 * 13, 64 * 157, 64 * 157 + 8, 64 * 157 + 1])  # 1024, 64, 8 and 1 lanes (L = 60)

@@ -25,8 +25,8 @@ written out (with ``g_i = I3(u_i) / (|P| sum_j H1)`` and ``w_j = 1 - I2(u_j)``):
 
 At a kink they are the ones autograd gives on the released formula: the left segment at an inner
 control point, 0 where ``clamp`` saturates (``s_j - s_i = +-1`` exactly), the first segment at
-``u = 0``. If no candidate ranks near or above a positive (``sum_j H1 = 0``, possible only with
-``topk``), its ratio term is 0.
+``u = 0``. If no candidate ranks near or above a positive (``sum_j H1 = 0``: possible with
+``topk``, or with a searched ``H1`` that is 0 at ``xt = 1/2``), its ratio term is 0.
 """
 
 from __future__ import annotations
@@ -90,6 +90,15 @@ class _PiecewiseLinear:
         return _PiecewiseLinear(knots=torch.tensor(knots, dtype=torch.float64),
                                 lines=torch.tensor(lines, dtype=torch.float64))
 
+    def as_terms(self) -> _PiecewiseLinear:
+        """The maps ``(I1, I2, I3)`` as the formula's terms ``(1, 1 - I2, 1 - I1, I3)`` (see
+        :meth:`_Form.terms`): the same knots, lines negated exactly where needed."""
+        intercepts, slopes = self.lines.unbind(1)  # (U + 2, 3) each
+        one = torch.ones_like(intercepts[:, 0])
+        intercepts = torch.stack([one, 1.0 - intercepts[:, 1], 1.0 - intercepts[:, 0], intercepts[:, 2]], 1)
+        slopes = torch.stack([0.0 * one, -slopes[:, 1], -slopes[:, 0], slopes[:, 2]], 1)
+        return _PiecewiseLinear(self.knots, torch.stack([intercepts, slopes], 1))
+
     def to(self, device: torch.device) -> _PiecewiseLinear:
         return _PiecewiseLinear(self.knots.to(device), self.lines.to(device))
 
@@ -100,7 +109,8 @@ class _PiecewiseLinear:
 
 
 class _Form:
-    """The five functions of one loss form, ready for evaluation (I-functions in order I1, I2, I3)."""
+    """The five functions of one loss form, ready for evaluation (the I-functions as the terms the
+    formula uses, :meth:`terms`)."""
 
     def __init__(self, params: PAPParams) -> None:
         self.form = params.form
@@ -113,27 +123,39 @@ class _Form:
                 h2, h1_points, i_points = control_point_kernel(*_IDENTITY), _IDENTITY, [_IDENTITY] * 3
             h1 = _STEP_HALVES if h1_points is None else (control_point_kernel(*h1_points),)
             self.kernels = HingeKernels.of(h2, h2.derivative(), *h1)
-            self.i_functions = _PiecewiseLinear.of(i_points)
-            self._on_device: dict[torch.device, _PiecewiseLinear] = {torch.device("cpu"): self.i_functions}
+            self_h1 = sum(k.value_at(0.0) for k in h1)
+            self.term_functions = _PiecewiseLinear.of(i_points).as_terms()
+            self._on_device: dict[torch.device, _PiecewiseLinear] = {torch.device("cpu"): self.term_functions}
         elif params.form == "square":
             h2 = square_kernel()
             self.kernels = HingeKernels.of(h2, h2.derivative(), h2)
+            self_h1 = h2.value_at(0.0)
         elif params.form != "sigmoid":  # pragma: no cover - resolve_params rejects other forms
             raise ValueError(f"unknown form {params.form!r}")
         else:
             self.kernels = HingeKernels.of(square_kernel())  # only to bucket; sums are dense
-        self.negative_weight = 1.0 - self.i_values(torch.zeros(1, dtype=torch.float64))[0][0, 1].item()
+            self_h1 = 0.5  # sigmoid(0)
+        #: H1 of a positive against itself (d = 0): without topk every positive is its own
+        #: candidate, so a positive value bounds sum_S H1 away from 0 (H1 >= 0)
+        self.self_h1 = float(self_h1)
+        #: a negative's weight in the H2 sums, ``1 - I2(0)``
+        self.negative_weight = self.terms(torch.zeros(1, dtype=torch.float64))[0][0, 1].item()
 
-    def i_values(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """``(I1, I2, I3)(u)`` and their derivatives, ``(P, 3)`` each."""
-        if self.form == "square":
-            return (u * u)[:, None].expand(-1, 3), (2.0 * u)[:, None].expand(-1, 3)
-        if self.form == "sigmoid":
-            value = torch.sigmoid(2.0 * u - 1.0)
-            return value[:, None].expand(-1, 3), (2.0 * value * (1.0 - value))[:, None].expand(-1, 3)
+    def terms(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """The terms ``(1, 1 - I2(u), 1 - I1(u), I3(u))`` and their derivatives, ``(P, 4)`` each:
+        the first two are a positive's weights in the sums (``[in S, w]``)."""
+        if self.form in ("square", "sigmoid"):
+            if self.form == "square":
+                value, slope = u * u, 2.0 * u
+            else:
+                value = torch.sigmoid(2.0 * u - 1.0)
+                slope = 2.0 * value * (1.0 - value)
+            one = torch.ones_like(u)
+            return (torch.stack([one, 1.0 - value, 1.0 - value, value], 1),
+                    torch.stack([0.0 * one, -slope, -slope, slope], 1))
         functions = self._on_device.get(u.device)
         if functions is None:
-            functions = self._on_device[u.device] = self.i_functions.to(u.device)
+            functions = self._on_device[u.device] = self.term_functions.to(u.device)
         return functions(u)
 
 
@@ -219,10 +241,14 @@ def _formula(form: _Form, candidates: Tensor | None):
     def formula(batch: RankingBatch) -> RankingGradients:
         u = batch.extra
         in_s = None if candidates is None else batch.gather(candidates[batch.positive_index].to(u.dtype))
-        i_values, i_slopes = form.i_values(u)
-        (i1, i2, i3), (d1, d2, d3) = i_values.unbind(1), i_slopes.unbind(1)
-        w = 1.0 - i2 if in_s is None else (1.0 - i2) * in_s  # a positive's weight in the H2 sums
-        weights = torch.stack([torch.ones_like(u) if in_s is None else in_s, w], 1)
+        terms, slopes = form.terms(u)  # (1, 1 - I2, 1 - I1, I3) and their derivatives, (P, 4)
+        _, w, keep1, i3 = terms.unbind(1)
+        _, minus_d2, minus_d1, d3 = slopes.unbind(1)
+        if in_s is None:  # a positive's weights in the sums: [in S, w = 1 - I2] (in S: all)
+            weights = terms.narrow(1, 0, 2)
+        else:
+            w = w * in_s
+            weights = torch.stack([in_s, w], 1)
         w_neg = form.negative_weight
         if form.form == "sigmoid":
             dense = _DenseSigmoid(batch, batch.negative_mask if candidates is None else candidates)
@@ -236,10 +262,13 @@ def _formula(form: _Form, candidates: Tensor | None):
         else:
             neg_h2, neg_slope, pos_h2, pos_slope, h1 = _window_sums(batch, weights)
             h2, slope_sum = torch.add(pos_h2, neg_h2, alpha=w_neg), torch.add(pos_slope, neg_slope, alpha=w_neg)
-        inverse = torch.where(h1 > 0, h1.clamp(min=1e-300).reciprocal(), 0.0)  # 1 / H1 (0 where H1 is 0)
+        if candidates is None and form.self_h1 > 0:  # sum_S H1 >= H1(0) > 0
+            inverse = h1.reciprocal()
+        else:  # 1 / H1, 0 where H1 is 0
+            inverse = torch.where(h1 > 0, h1.clamp(min=1e-300).reciprocal(), 0.0)
         ratio = h2 * inverse
         per_positive = batch.context.gradient_scale / batch.num_positives
-        value = batch.mean(torch.addcmul(1.0 - i1, i3, ratio), batch.scores.dtype)
+        value = batch.mean(torch.addcmul(keep1, i3, ratio), batch.scores.dtype)
         g = i3 * inverse.mul_(per_positive)
         if form.form == "sigmoid":
             negative_grad = dense.adjoint(dense.points, g)[1].mul_(keep).mul_(w_neg).to(batch.scores.dtype)
@@ -247,12 +276,11 @@ def _formula(form: _Form, candidates: Tensor | None):
         else:  # one table for both kernels (the negatives' sums are the slope's, times w_neg)
             adjoint = batch.adjoint_table(g, (_H2, _H2_SLOPE))
             negative_grad = batch.negative_gradient(adjoint, kernel=_H2_SLOPE, scale=w_neg)
-            point_value = batch.positive_adjoint(adjoint, kernel=_H2)
-            point_slope = batch.positive_adjoint(adjoint, kernel=_H2_SLOPE)
+            point_value, point_slope = batch.positive_adjoints(adjoint)  # (_H2, _H2_SLOPE)
         positive_grad = torch.addcmul(w * point_slope, g, slope_sum, value=-1.0)
         # d loss / d u = (I3' ratio - I1') / P - I2' [in S] (sum_i g_i H2(s_l - s_i))
-        u_grad = torch.addcmul(d1, d3, ratio, value=-1.0).mul_(-per_positive)
-        u_grad = torch.addcmul(u_grad, d2 if in_s is None else d2 * in_s, point_value, value=-1.0)
+        u_grad = torch.addcmul(minus_d1, d3, ratio).mul_(per_positive)
+        u_grad = torch.addcmul(u_grad, minus_d2 if in_s is None else minus_d2 * in_s, point_value)
         return RankingGradients(values=[value], negatives=[negative_grad],
                                 positives=[positive_grad], extra=[u_grad])
 

@@ -264,7 +264,8 @@ class PointSet:
 
     buckets: Tensor  # (M,) int64 (int32 from the CPU grid): edges strictly below each point (0: left out)
     scores: Tensor  # (M,) the points in the working dtype
-    keep: Tensor | None = None  # (M,) bool: the points that take part (None: all)
+    keep: Tensor | None = None  # (M,) bool: the points that take part (None: all, or see left_out)
+    left_out: Tensor | None = None  # (K,) int64: the positions of the points that do not (instead of keep)
 
     @functools.cached_property
     def index(self) -> Tensor:
@@ -375,16 +376,24 @@ class Windows:
         self._reference: tuple[Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ points
-    def points(self, scores: Tensor, keep: Tensor | None = None, buckets: Tensor | None = None) -> PointSet:
-        """Bucket ``scores`` (``keep``: only these take part; ``buckets``: already computed).
+    def points(self, scores: Tensor, keep: Tensor | None = None, buckets: Tensor | None = None,
+               left_out: Tensor | None = None) -> PointSet:
+        """Bucket ``scores`` (``keep``: only these take part; ``buckets``: already computed;
+        ``left_out``: the positions of the points that do not take part, instead of ``keep``).
 
         Points left out share bucket 0 with the points below every edge: neither is above any edge.
         """
+        if keep is not None and left_out is not None:
+            raise ValueError("give the points that take part as keep or as left_out, not both")
         if buckets is None:
             buckets = self.bucketize(scores, keep)
+            if left_out is not None:  # buckets of our own: in place
+                buckets.index_fill_(0, left_out, 0)
         elif keep is not None:
             buckets = self._leave_out(buckets, keep)
-        return PointSet(buckets, scores, keep)
+        elif left_out is not None:
+            buckets = buckets.index_fill(0, left_out, 0)
+        return PointSet(buckets, scores, keep, left_out)
 
     def _leave_out(self, buckets: Tensor, keep: Tensor) -> Tensor:
         """``buckets`` with the points not kept below every window: bucket 0, or with spread edges
@@ -421,7 +430,9 @@ class Windows:
 
     def _grid_buckets(self, scores: Tensor, keep: Tensor | None, grid: _Grid, out: Tensor | None = None) -> Tensor:
         buckets = torch.index_select(grid.base, 0, self._cells(scores, grid, keep), out=out)
-        dirty = (buckets < 0).nonzero().squeeze(1)
+        # the points in a cell holding an edge (base -1): the sign bit (an int32 shift is 3x faster
+        # here than a comparison, whose boolean output is slow to write)
+        dirty = buckets.bitwise_right_shift(31).nonzero().squeeze(1)
         found = torch.searchsorted(self.sorted_edges, scores.index_select(0, dirty), out_int32=True)
         return buckets.scatter_(0, dirty, found)
 
@@ -465,8 +476,9 @@ class Windows:
             grid = _Grid(scale, low, offset, top)
             counts = torch.bincount(self._cells(self.sorted_edges, grid), minlength=top + 1)
             # cell c holds counts[c] edges; a point in a cell without an edge has the edges of the
-            # lower cells below it (-1: finish by binary search); cell 0 holds none (base 0)
-            grid.base = counts.cumsum(0, dtype=torch.int32).sub_(counts).masked_fill_(counts > 0, -1)
+            # lower cells below it, the cumulative count up to its own cell (which adds none); -1
+            # where the cell holds one (finish by binary search); cell 0 holds none (base 0)
+            grid.base = counts.cumsum(0, dtype=torch.int32).masked_fill_(counts > 0, -1)
             self._grid = grid
         return self._grid
 
@@ -509,9 +521,10 @@ class Windows:
         else:
             sums = torch.einsum("cjri,jri->ic" if single else "cjri,kjri->ikc", above, self.beta)
         if any(b != 0.0 for b in self.kernels.base):  # base * the weight of every point taking part
-            totals = torch.cat([(torch.tensor([points.scores.numel()], dtype=torch.float64, device=device)
-                                 if points.keep is None
-                                 else points.keep.sum(0, keepdim=True).to(torch.float64))
+            totals = torch.cat([(points.keep.sum(0, keepdim=True).to(torch.float64) if points.keep is not None
+                                 else torch.tensor([points.scores.numel() - (0 if points.left_out is None else
+                                                                              points.left_out.numel())],
+                                                   dtype=torch.float64, device=device))
                                 if weights is None else weights.sum(0) for points, weights in point_sets])
             sums = sums + (self.tables.base[0] * totals if single else self.tables.base[:, None] * totals)
         return sums
@@ -565,8 +578,9 @@ class Windows:
         degree = len(a) - 1
         reference = last = None
         if relative:  # float32 rows about each bucket's lower edge r_b
-            if self._reference is None:  # (L + 1,) float32 and float64, once per call
-                reference = torch.cat([self.sorted_edges[:1], self.sorted_edges])
+            if self._reference is None:  # (L + 1,) float32 and float64, once per call (bucket 0
+                # has no edge below it: its rows are constant, any reference serves, 0 here)
+                reference = torch.nn.functional.pad(self.sorted_edges, (1, 0))
                 self._reference = (reference, reference.to(torch.float64))
             reference, r = self._reference
             if degree == 1:  # (B_0, B_1) in 8 bytes, r_b in a second look-up
@@ -668,6 +682,24 @@ class Windows:
             sums = torch.take(columns[-1], points.buckets)
             for power in range(len(columns) - 2, -1, -1):  # Horner in x
                 sums = torch.addcmul(torch.take(columns[power], points.buckets), sums, points.values)
-        if base and points.keep is not None:
-            sums = torch.where(points.keep, sums, 0.0)
+        return self._leave_out_sums(sums, points) if base else sums
+
+    @staticmethod
+    def _leave_out_sums(sums: Tensor, points: PointSet) -> Tensor:
+        """``sums`` (points last) with 0 for the points left out (a kernel with a base value gives
+        them that base otherwise)."""
+        if points.keep is not None:
+            return torch.where(points.keep, sums, 0.0)
+        if points.left_out is not None:
+            return sums.index_fill(-1, points.left_out, 0.0)
         return sums
+
+    def table_point_sums(self, points: PointSet, table: AdjointTable) -> Tensor:
+        """:meth:`point_sums` of every kernel of ``table`` at once, ``(K', M)`` float64: one look-up
+        of the table's rows for a few points (e.g. the positives), then Horner in ``x``."""
+        rows = table.rows.index_select(1, points.buckets)  # (K' J, M)
+        powers = rows.view(len(table.kernels), table.rows.shape[0] // len(table.kernels), -1).unbind(1)
+        sums = powers[-1]
+        for power in range(len(powers) - 2, -1, -1):
+            sums = torch.addcmul(powers[power], sums, points.values)
+        return self._leave_out_sums(sums, points) if any(table.bases) else sums
