@@ -55,6 +55,9 @@ def run_losses(logits, targets, ious, jitter, errors, distributed):
             lambda x, u, p=params: detlosses.parameterized_ap_loss(x, targets, u, params=p, reg_weight=2.0,
                                                                      distributed=distributed),
             logits, ious)
+    out["pap_per_positive"] = grads(  # one soft IoU per positive (the aLRP errors serve: in [0, 1])
+        lambda x, u: detlosses.parameterized_ap_loss(x, targets, u, reg_weight=2.0, distributed=distributed),
+        logits, errors)
     out["pap_topk"] = grads(
         lambda x, u: detlosses.parameterized_ap_loss(x + jitter, targets, u, topk=2000, distributed=distributed),
         logits, ious)
@@ -95,7 +98,8 @@ def single_results():
     return run_losses(logits, targets, ious, jitter, _errors(targets), False)
 
 
-NAMES = ["ap", "ap_delta0", "alrp", "rank_sort", "pap_retinanet", "pap_linear", "pap_topk", "ghmc", "ghmr"]
+NAMES = ["ap", "ap_delta0", "alrp", "rank_sort", "pap_retinanet", "pap_linear", "pap_per_positive", "pap_topk",
+         "ghmc", "ghmr"]
 
 
 @pytest.mark.parametrize("name", NAMES)

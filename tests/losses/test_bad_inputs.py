@@ -88,8 +88,13 @@ def test_malformed_params(params, message):
 
 
 def test_pap_ious_and_topk():
-    with pytest.raises(ValueError, match=r"ious must have the shape of logits"):
-        detlosses.parameterized_ap_loss(X, T, torch.rand(6))
+    with pytest.raises(ValueError, match=r"ious must have the shape of logits \(6, 2\), or be 1-D with one "
+                                         r"entry per positive, got \(2, 6\)"):
+        detlosses.parameterized_ap_loss(X, T, torch.rand(2, 6))
+    with pytest.raises(ValueError, match=r"ious has 6 entries but targets has 3 positives"):
+        detlosses.parameterized_ap_loss(X, T, torch.rand(6))  # 1-D: one per positive
+    with pytest.raises(ValueError, match=r"ious must lie in \[0, 1\], got 1.5"):
+        detlosses.parameterized_ap_loss(X, T, torch.tensor([0.5, 1.5, 0.2]))
     bad = U.clone()
     bad[0, 0] = 1.5  # at a positive
     with pytest.raises(ValueError, match=r"ious at the positives must lie in \[0, 1\], got 1.5"):

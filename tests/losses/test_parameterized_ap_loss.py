@@ -162,6 +162,40 @@ def test_no_positive():
     assert torch.equal(x.grad, torch.zeros(30)) and torch.equal(u.grad, torch.zeros(30))
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize(("form", "topk", "reg_weight"), [("retinanet", None, 1.0), ("linear", 500, 4.0),
+                                                           ("square", None, 2.5)])
+def test_one_soft_iou_per_positive_equals_ious_shaped_like_the_logits(form, topk, reg_weight, fast):
+    """``ious`` given per positive (in ``targets.flatten()`` order) is the same loss as the same
+    values placed at the positives of a logits-shaped tensor: value and every gradient."""
+    from detlosses.ranking.engine import set_cpu_fast_paths
+
+    g = torch.Generator().manual_seed(11)
+    logits = -4.0 + torch.randn(4, 9000, generator=g, dtype=torch.float64)  # the grid, from 32,768 points
+    targets = torch.zeros(4, 9000, dtype=torch.long)
+    targets.view(-1)[torch.randperm(36000, generator=g)[:80]] = 1
+    targets.view(-1)[torch.randperm(36000, generator=g)[:300]] = -1
+    positions = (targets.view(-1) == 1).nonzero().view(-1)
+    per_positive = torch.rand(positions.numel(), generator=g, dtype=torch.float64)
+    dense = torch.rand(logits.shape, generator=g, dtype=torch.float64)  # other entries: ignored
+    dense.view(-1)[positions] = per_positive
+    set_cpu_fast_paths(fast)
+    try:
+        results = []
+        for ious in (dense, per_positive):
+            x, u = logits.clone().requires_grad_(True), ious.clone().requires_grad_(True)
+            loss = detlosses.parameterized_ap_loss(x, targets, u, params=form, topk=topk, reg_weight=reg_weight)
+            loss.backward()
+            results.append((loss, x.grad, u.grad.reshape(-1)))
+    finally:
+        set_cpu_fast_paths(True)
+    (loss_d, x_d, u_d), (loss_p, x_p, u_p) = results
+    torch.testing.assert_close(loss_p, loss_d, rtol=0, atol=0)
+    torch.testing.assert_close(x_p, x_d, rtol=0, atol=0)
+    torch.testing.assert_close(u_p, u_d[positions], rtol=0, atol=0)
+    assert torch.count_nonzero(u_d) <= positions.numel()  # (the dense form: no gradient off the positives)
+
+
 @pytest.mark.parametrize("use_topk", [False, True])
 def test_a_positive_without_h1_mass_has_no_ratio_term(use_topk):
     """A searched ``H1`` may be 0 at ``xt = 1/2`` (a positive against itself): then a positive with

@@ -44,7 +44,7 @@ from ..ranking.kernels import PiecewisePolynomialKernel
 from ._grad_scale import scale_gradient
 from ._precision import full_precision
 from ._ranking import RankingBatch, RankingGradients, ValueCheck, identity_update, no_positive_values, prepare
-from ._validation import check_same_shape, check_tensor
+from ._validation import check_tensor
 from .pap_params import PAPParams, resolve_params
 
 __all__ = ["parameterized_ap_loss", "ParameterizedAPLoss"]
@@ -323,9 +323,12 @@ def parameterized_ap_loss(
     Args:
         logits: classification logits of any shape, any floating dtype and device.
         targets: same shape; ``1`` positive, ``0`` negative, ``-1`` ignored.
-        ious: same shape; soft IoU in ``[0, 1]`` of each positive's predicted box with its ground
-            truth (e.g. ``(GIoU + 1) / 2``), used where ``targets == 1`` (other entries are
-            ignored and taken as 0). Differentiable: this is how the boxes are trained.
+        ious: soft IoU in ``[0, 1]`` of each positive's predicted box with its ground truth (e.g.
+            ``(GIoU + 1) / 2``). Either shaped like ``logits`` (the spec's ``u_j``: used where
+            ``targets == 1``, other entries ignored and taken as 0), or 1-D with one entry per
+            positive, in the order the positives appear in ``targets.flatten()`` (like aLRP Loss's
+            ``loc_errors``: no N-sized tensor to fill, nor its gradient). Differentiable: this is
+            how the boxes are trained.
         params: a preset (``"retinanet"``, ``"faster_rcnn_rpn"``, ``"faster_rcnn_rcnn"``,
             ``"linear"``, ``"sigmoid"``, ``"square"``), a ``(5, 12)`` / ``(4, 12)`` tensor of control
             points in the order H2, I2, I3, I1[, H1], or a :class:`PAPParams`.
@@ -342,8 +345,13 @@ def parameterized_ap_loss(
         Scalar loss (float32, or float64 for float64 logits). No positive: 0, gradients 0.
     """
     ious = check_tensor(ious, "ious", floating=True)
+    per_positive = isinstance(logits, Tensor) and ious.shape != logits.shape
+    if per_positive and ious.dim() != 1:
+        raise ValueError(f"ious must have the shape of logits {tuple(logits.shape)}, or be 1-D with one "
+                         f"entry per positive, got {tuple(ious.shape)}")
     if isinstance(logits, Tensor):
-        check_same_shape(ious, "ious", logits, "logits")
+        if ious.device != logits.device:
+            raise ValueError(f"ious is on {ious.device} but logits is on {logits.device}")
     form = _form_of(params)
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
         raise ValueError(f"topk must be None or a positive integer, got {topk!r}")
@@ -351,8 +359,17 @@ def parameterized_ap_loss(
         raise ValueError(f"reg_weight must be a finite number > 0, got {reg_weight}")
     context = resolve_context(distributed)
     flat_ious = ious.reshape(-1)
-    batch = prepare(logits, targets, form.kernels, context,
-                    checks=[ValueCheck(flat_ious, "ious at the positives", "unit", at_positives=True)])
+
+    def one_iou_per_positive(count: int) -> None:
+        if per_positive and ious.numel() != count:
+            raise ValueError(
+                f"ious has {ious.numel()} entries but targets has {count} positives; give ious shaped "
+                f"like logits {tuple(logits.shape)}, or one soft IoU per positive in targets.flatten() order"
+            )
+
+    check = (ValueCheck(ious, "ious", "unit") if per_positive else
+             ValueCheck(flat_ious, "ious at the positives", "unit", at_positives=True))
+    batch = prepare(logits, targets, form.kernels, context, checks=[check], before_windows=one_iou_per_positive)
     if batch is None:
         return no_positive_values(logits, 1)[0] + flat_ious[:0].sum()
     candidates = None if topk is None else _candidate_mask(batch.targets, batch.scores, topk, context)
@@ -360,7 +377,7 @@ def parameterized_ap_loss(
     if candidates is not None:
         batch.negatives = batch.windows.points(batch.scores, keep=candidates & batch.negative_mask,
                                                buckets=batch.negatives.buckets)
-    u = flat_ious[batch.positive_index]
+    u = ious if per_positive else flat_ious[batch.positive_index]
     if float(reg_weight) != 1.0:
         u = scale_gradient(u, float(reg_weight))
     (loss,) = identity_update(logits, batch, _pap_formula(form, candidates), extra=u)

@@ -252,8 +252,9 @@ class PAPCriterion(DetectionCriterion):
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         giou_loss = batch.positive_giou_loss()
         soft_iou = (1.0 - 0.5 * giou_loss).clamp(0.0, 1.0)  # (GIoU + 1) / 2
-        ious = batch.scatter_to_classes(soft_iou)
-        loss = self.pap(batch.cls_logits, batch.class_targets(), ious)
+        # one per positive, in the order of the class targets' positives (positive_index ascends,
+        # one class each): no (B, A, C) tensor of soft IoUs, nor its gradient
+        loss = self.pap(batch.cls_logits, batch.class_targets(), soft_iou)
         return {"loss": loss, "loss_pap": loss}
 
     def extra_logs(self) -> dict[str, float]:
