@@ -73,6 +73,9 @@ def test_dense_assignment_targets_and_order():
     assert batch.positive_index.tolist() == [0, 1] and batch.num_positives == 2
     expected = torch.tensor([[[0, 1], [1, 0], [-1, -1]], [[0, 0], [0, 0], [0, 0]]], dtype=torch.float32)
     assert torch.equal(batch.class_targets(), expected)
+    # per-positive values (Rank & Sort's IoU targets) at the positives' classes, in their order
+    with_values = torch.tensor([[[0, 0.25], [0.75, 0], [-1, -1]], [[0, 0], [0, 0], [0, 0]]], dtype=torch.float64)
+    assert torch.equal(batch.class_targets(torch.float64, positive_values=torch.tensor([0.25, 0.75])), with_values)
     # anchors equal to their boxes: zero target deltas, IoU 1 with zero regression
     assert torch.allclose(batch.positive_target_deltas(), torch.zeros(2, 4), atol=1e-6)
     assert torch.allclose(batch.positive_ious(), torch.ones(2))

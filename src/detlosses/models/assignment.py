@@ -189,18 +189,13 @@ class DenseAssignment:
         return self.labels.reshape(-1)[self.positive_index]
 
     # ------------------------------------------------------------------ classification targets
-    def class_targets(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """``(B, A, C)``: 1 at a positive's class, 0 elsewhere, -1 on every class of an ignored anchor."""
+    def class_targets(self, dtype: torch.dtype = torch.float32, positive_values: Tensor | None = None) -> Tensor:
+        """``(B, A, C)``: 1 at a positive's class (``positive_values[k]`` at positive ``k``'s, e.g.
+        its IoU for Rank & Sort Loss), 0 elsewhere, -1 on every class of an ignored anchor."""
         out = torch.zeros(self.cls_logits.shape, dtype=dtype, device=self.cls_logits.device)
         flat = out.view(-1, self.num_classes)
-        flat[self.positive_index, self.positive_labels] = 1.0
+        flat[self.positive_index, self.positive_labels] = 1.0 if positive_values is None else positive_values.to(dtype)
         flat.masked_fill_((self.labels.reshape(-1) == IGNORED).unsqueeze(1), -1.0)
-        return out
-
-    def scatter_to_classes(self, values: Tensor, fill: float = 0.0) -> Tensor:
-        """``(B, A, C)`` tensor with ``values[k]`` at positive ``k``'s class and ``fill`` elsewhere."""
-        out = torch.full(self.cls_logits.shape, fill, dtype=values.dtype, device=values.device)
-        out.view(-1, self.num_classes)[self.positive_index, self.positive_labels] = values
         return out
 
     # ------------------------------------------------------------------ boxes of the positives

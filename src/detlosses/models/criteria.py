@@ -208,8 +208,7 @@ class RankSortCriterion(DetectionCriterion):
         pred_boxes = batch.positive_pred_boxes()
         ious = batch.positive_ious(pred_boxes)
         dtype = torch.promote_types(batch.cls_logits.dtype, torch.float32)
-        targets = batch.class_targets(dtype)
-        targets = torch.where(targets == 1, batch.scatter_to_classes(ious.to(dtype)), targets)
+        targets = batch.class_targets(dtype, positive_values=ious)  # the IoU at a positive's class
         ranking, sorting = rank_sort_loss(batch.cls_logits, targets, delta=self.delta, distributed=True)
         giou = batch.positive_giou_loss(pred_boxes)
         context = resolve_context(True)
