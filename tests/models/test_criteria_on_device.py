@@ -58,6 +58,8 @@ class _StubGHM(torch.nn.Module):
 
     def forward(self, pred, target, weight=None, **_):
         self.last_counts = torch.zeros(self.bins, dtype=torch.float64, device=pred.device)
+        if weight is not None and weight.dim() < pred.dim():  # one weight per row (GHM-C's per-anchor form)
+            weight = weight[:, None]
         return ((pred.float() - target.float()) ** 2 * (weight if weight is not None else 1)).mean()
 
 

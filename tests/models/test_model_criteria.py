@@ -76,6 +76,9 @@ def test_dense_assignment_targets_and_order():
     # per-positive values (Rank & Sort's IoU targets) at the positives' classes, in their order
     with_values = torch.tensor([[[0, 0.25], [0.75, 0], [-1, -1]], [[0, 0], [0, 0], [0, 0]]], dtype=torch.float64)
     assert torch.equal(batch.class_targets(torch.float64, positive_values=torch.tensor([0.25, 0.75])), with_values)
+    # binary targets with the ignored anchor's classes at 0, and the per-anchor weight that masks it
+    assert torch.equal(batch.class_targets(ignored=0.0), expected.clamp(min=0))
+    assert batch.valid_weight().tolist() == [1, 1, 0, 1, 1, 1]
     # anchors equal to their boxes: zero target deltas, IoU 1 with zero regression
     assert torch.allclose(batch.positive_target_deltas(), torch.zeros(2, 4), atol=1e-6)
     assert torch.allclose(batch.positive_ious(), torch.ones(2))

@@ -189,14 +189,22 @@ class DenseAssignment:
         return self.labels.reshape(-1)[self.positive_index]
 
     # ------------------------------------------------------------------ classification targets
-    def class_targets(self, dtype: torch.dtype = torch.float32, positive_values: Tensor | None = None) -> Tensor:
+    def class_targets(self, dtype: torch.dtype = torch.float32, positive_values: Tensor | None = None,
+                      ignored: float = -1.0) -> Tensor:
         """``(B, A, C)``: 1 at a positive's class (``positive_values[k]`` at positive ``k``'s, e.g.
-        its IoU for Rank & Sort Loss), 0 elsewhere, -1 on every class of an ignored anchor."""
+        its IoU for Rank & Sort Loss), 0 elsewhere, ``ignored`` on every class of an ignored anchor
+        (``0``: no pass for them, for a loss that masks them by a weight, :meth:`valid_weight`)."""
         out = torch.zeros(self.cls_logits.shape, dtype=dtype, device=self.cls_logits.device)
         flat = out.view(-1, self.num_classes)
         flat[self.positive_index, self.positive_labels] = 1.0 if positive_values is None else positive_values.to(dtype)
-        flat.masked_fill_((self.labels.reshape(-1) == IGNORED).unsqueeze(1), -1.0)
+        if ignored != 0.0:
+            flat.masked_fill_((self.labels.reshape(-1) == IGNORED).unsqueeze(1), ignored)
         return out
+
+    def valid_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``(B * A,)``: 1 for an anchor that is positive or negative, 0 for an ignored one (one weight
+        per anchor: a loss broadcasts it over the classes)."""
+        return self.valid_mask.reshape(-1).to(dtype)
 
     # ------------------------------------------------------------------ boxes of the positives
     def _positive_rows(self, tensor: Tensor) -> Tensor:

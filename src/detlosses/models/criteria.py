@@ -297,9 +297,10 @@ class GHMCriterion(DetectionCriterion):
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         logits = batch.cls_logits.reshape(-1, batch.num_classes)
-        targets = batch.class_targets().reshape(-1, batch.num_classes)
-        valid = (targets >= 0).to(logits.dtype)
-        cls = self.ghmc(logits, targets.clamp(min=0), valid)
+        # binary targets (0 on the ignored anchors' classes) and one weight per anchor (0: ignored),
+        # which GHM-C broadcasts over the classes
+        targets = batch.class_targets(ignored=0.0).reshape(-1, batch.num_classes)
+        cls = self.ghmc(logits, targets, batch.valid_weight(logits.dtype))
         if self.box_loss == "delta":
             box = _l1_delta_loss(batch)
         else:
