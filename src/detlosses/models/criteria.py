@@ -136,7 +136,7 @@ class FocalCriterion(DetectionCriterion):
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         # every element, ignored anchors masked out (boolean indexing would sync, forward and backward)
         valid = batch.valid_mask.unsqueeze(-1)
-        targets = batch.class_targets(batch.cls_logits.dtype).clamp(min=0)
+        targets = batch.class_targets(batch.cls_logits.dtype, ignored=0.0)  # (the ignored: masked below)
         per_element = sigmoid_focal_loss(batch.cls_logits, targets, alpha=self.alpha, gamma=self.gamma,
                                          reduction="none")
         cls = _positive_mean(torch.where(valid, per_element, 0.0).sum(), batch)
