@@ -14,11 +14,18 @@ and the median paired difference (per pair of rounds, so that the order cancels)
 90 % interval, which resolves differences of a few hundred microseconds. Focal loss is timed the
 same way as a check of the method: its two "engines" are the same code.
 
+``--paired --criteria`` times detector criteria the same way instead: one training step's loss
+(``DenseAssignment`` + criterion + backward, :func:`benchmarks.launches.criterion_call`) on the
+fake RetinaNet batches of :func:`benchmarks.launches.fake_detection_batch` (2 images x 20,000
+anchors x 3 classes, and x 100,000 x 20); the method's check is this checkout's focal criterion
+against itself (``null``).
+
 Usage::
 
     python -m benchmarks.compare_engines --old-ref 3093034 --markdown engines.md
     python -m benchmarks.compare_engines --old-ref 3cc9b01 --paired --reps 61
     python -m benchmarks.compare_engines --old-ref 1264870 --paired --losses iou_balanced
+    python -m benchmarks.compare_engines --old-ref 5c348a8 --paired --criteria focal,rank_sort,pap,ghm
 """
 
 from __future__ import annotations
@@ -105,11 +112,20 @@ import detlosses, detlosses_old
 from benchmarks.losses import fast_call, focal_call, make_batch
 n, p, reps = (int(v) for v in sys.argv[1:4])
 reps += reps % 2  # rounds in pairs: each engine goes first once per pair
-batch = make_batch(n, p)
-names = ["focal", *sys.argv[5].split(",")]
-focal = focal_call(batch)
-calls = {(name, engine): focal if name == "focal" else fast_call(name, batch, library)
-         for name in names for engine, library in (("new", detlosses), ("old", detlosses_old))}
+engines = (("new", detlosses), ("old", detlosses_old))
+if sys.argv[6] == "criteria":  # n anchors, p classes, 2 images; null: the focal criterion against itself
+    from benchmarks.launches import criterion_call, fake_detection_batch
+    fake = fake_detection_batch(images=2, anchors=n, classes=p, positives=max(50, n // 400))
+    names = ["null", *sys.argv[5].split(",")]
+    null = criterion_call("focal", fake)
+    calls = {(name, engine): null if name == "null" else criterion_call(name, fake, library)
+             for name in names for engine, library in engines}
+else:
+    batch = make_batch(n, p)
+    names = ["focal", *sys.argv[5].split(",")]
+    focal = focal_call(batch)
+    calls = {(name, engine): focal if name == "focal" else fast_call(name, batch, library)
+             for name in names for engine, library in engines}
 for call in calls.values():
     call(); call()
 times = {key: [] for key in calls}
@@ -131,6 +147,9 @@ print(json.dumps(out))
 """
 
 PAIRED_SIZES = ((100_000, 100), (1_000_000, 1000))
+#: ``--criteria``: (anchors, classes) of the fake RetinaNet batches (2 images each)
+CRITERIA_SIZES = ((20_000, 3), (100_000, 20))
+CRITERIA = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm", "iou_balanced")
 #: what ``--paired`` can time: the ranking losses, and the IoU-balanced focal loss RetinaNet-shaped
 #: (20 classes per anchor, one IoU per anchor: :func:`benchmarks.losses.fast_call`)
 PAIRED_LOSSES = (*LOSSES, "iou_balanced")
@@ -147,20 +166,22 @@ def _old_package(worktree: Path, into: Path) -> Path:
     return into
 
 
-def compare_paired(old_ref: str, sizes=PAIRED_SIZES, reps: int = 61, losses=LOSSES) -> list[dict]:
+def compare_paired(old_ref: str, sizes=PAIRED_SIZES, reps: int = 61, losses=LOSSES,
+                   criteria: bool = False) -> list[dict]:
     """Both engines in one process, called alternately (see the module's docstring); ``losses``:
-    any of :data:`PAIRED_LOSSES`."""
+    any of :data:`PAIRED_LOSSES`, or with ``criteria`` any of :data:`CRITERIA` (``sizes`` are then
+    (anchors, classes): rows carry ``N = 2 x anchors x classes`` and ``P = classes``)."""
     rows = []
     with _worktree(old_ref) as old:
         packages = _old_package(old, old.parent / "packages")
         env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}")
         for n, p in sizes:
             done = subprocess.run([sys.executable, "-c", _PAIRED_PROBE, str(n), str(p), str(reps), str(packages),
-                                   ",".join(losses)],
+                                   ",".join(losses), "criteria" if criteria else "losses"],
                                   cwd=ROOT, env=env, capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
             for name, r in result.items():
-                row = {"N": n, "P": p, "loss": name, **{k: 1e3 * v for k, v in r.items()}}
+                row = {"N": 2 * n * p if criteria else n, "P": p, "loss": name, **{k: 1e3 * v for k, v in r.items()}}
                 rows.append(row)
                 print(_paired_row(row), flush=True)
     return rows
@@ -195,13 +216,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=61, help="--paired: calls of each loss and engine per size")
     parser.add_argument("--losses", default=",".join(LOSSES),
                         help=f"--paired: comma-separated subset of {','.join(PAIRED_LOSSES)}")
+    parser.add_argument("--criteria",
+                        help=f"--paired: time detector criteria instead, a subset of {','.join(CRITERIA)}")
     args = parser.parse_args(argv)
     losses = tuple(name.strip() for name in args.losses.split(",") if name.strip())
     unknown = [name for name in losses if name not in PAIRED_LOSSES]
     if unknown or not losses:
         parser.error(f"--losses: unknown {unknown or 'empty list'}; choose from {','.join(PAIRED_LOSSES)}")
-    if not args.paired and losses != LOSSES:
-        parser.error("--losses needs --paired (the fresh-process table has one column per ranking loss)")
+    if not args.paired and (losses != LOSSES or args.criteria):
+        parser.error("--losses and --criteria need --paired (the fresh-process table has one column per ranking loss)")
+    if args.criteria is not None:
+        criteria = tuple(name.strip() for name in args.criteria.split(",") if name.strip())
+        unknown = [name for name in criteria if name not in CRITERIA]
+        if unknown or not criteria:
+            parser.error(f"--criteria: unknown {unknown or 'empty list'}; choose from {','.join(CRITERIA)}")
+        print(PAIRED_HEADER)
+        rows = compare_paired(args.old_ref, sizes=CRITERIA_SIZES, reps=args.reps, losses=criteria, criteria=True)
+        if args.markdown:
+            args.markdown.write_text(PAIRED_HEADER + "\n" + "\n".join(_paired_row(r) for r in rows) + "\n")
+        return 0
     if args.paired:
         print(PAIRED_HEADER)
         rows = compare_paired(args.old_ref, reps=args.reps, losses=losses)

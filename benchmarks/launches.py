@@ -72,6 +72,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import platform
 import sys
@@ -467,9 +468,15 @@ def fake_detection_batch(images: int = 2, anchors: int = 20_000, classes: int = 
             "box_coder": BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))}
 
 
-def criterion_call(name: str, fake: dict, **options) -> Callable[[], None]:
-    """One training step's loss: ``DenseAssignment.from_matches`` + the criterion + backward."""
-    from detlosses.models import DenseAssignment, build_criterion
+def criterion_call(name: str, fake: dict, library=None, **options) -> Callable[[], None]:
+    """One training step's loss: ``DenseAssignment.from_matches`` + the criterion + backward
+    (``library``: another copy of the package, e.g. an earlier commit's for
+    :mod:`benchmarks.compare_engines`)."""
+    if library is None:
+        from detlosses.models import DenseAssignment, build_criterion
+    else:
+        models = importlib.import_module(f"{library.__name__}.models")  # (a subpackage imported on demand)
+        DenseAssignment, build_criterion = models.DenseAssignment, models.build_criterion
 
     criterion = build_criterion(name, **options).to(fake["head"]["cls_logits"].device).train()
 

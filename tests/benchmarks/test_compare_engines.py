@@ -62,9 +62,22 @@ def test_paired_comparison_of_the_iou_balanced_loss(capsys):
     assert all(r["new"] > 0 and r["old"] > 0 for r in rows)
 
 
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout (an earlier commit to compare)")
+def test_paired_comparison_of_criteria(capsys):
+    """Criterion steps on a small fake RetinaNet batch: the null check (this checkout's focal criterion
+    against itself), then each criterion of both engines."""
+    rows = compare_engines.compare_paired("HEAD", sizes=((600, 2),), reps=3, losses=("focal", "pap"), criteria=True)
+    assert [r["loss"] for r in rows] == ["null", "focal", "pap"]
+    for r in rows:
+        assert (r["N"], r["P"]) == (2 * 600 * 2, 2)
+        assert r["new"] > 0 and r["old"] > 0 and r["low"] <= r["diff"] <= r["high"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--paired", "--losses", "ap,bogus"], "unknown"),
-    (["--losses", "iou_balanced"], "needs --paired"),
+    (["--losses", "iou_balanced"], "need --paired"),
+    (["--paired", "--criteria", "pap,bogus"], "unknown"),
+    (["--criteria", "pap"], "need --paired"),
 ])
 def test_losses_option_is_checked(argv, message, capsys):
     with pytest.raises(SystemExit):
