@@ -69,6 +69,12 @@ def run_losses(logits, targets, ious, jitter, errors, distributed):
     out["iou_focal"] = grads(  # a plain sum: each rank returns its share, with the union's normaliser
         lambda x: detlosses.iou_balanced_focal_loss(x, targets, ious, reduction="sum", distributed=distributed),
         logits)
+    # per-anchor class indices (an anchor's first positive class; -2 where it has an ignored entry)
+    labels = torch.where((targets == 1).any(-1), (targets == 1).int().argmax(-1),
+                         torch.where((targets == -1).any(-1), -2, -1))
+    out["iou_focal_labels"] = grads(
+        lambda x: detlosses.iou_balanced_focal_loss(x, labels, ious[..., 0], reduction="sum",
+                                                    distributed=distributed), logits)
     ghmr = detlosses.GHMR(distributed=distributed)
     out["ghmr"] = grads(lambda x: ghmr(x.reshape(-1, 3), ious.reshape(-1, 3)), logits)
     return out
@@ -132,11 +138,12 @@ def test_ghm_histogram_state_is_the_union_state(two_rank_results, single_results
         assert result["ghmc_ema"][0] == pytest.approx(single_results["ghmc_ema"][0], rel=1e-12)
 
 
-def test_iou_balanced_focal_uses_the_union_normaliser(two_rank_results, single_results):
-    values, grads = single_results["iou_focal"]
+@pytest.mark.parametrize("name", ["iou_focal", "iou_focal_labels"])  # per-element targets, per-anchor labels
+def test_iou_balanced_focal_uses_the_union_normaliser(name, two_rank_results, single_results):
+    values, grads = single_results[name]
     per = make_batch()[0].shape[0] // WORLD
-    total = sum(result["iou_focal"][0][0] for result in two_rank_results)
+    total = sum(result[name][0][0] for result in two_rank_results)
     assert total == pytest.approx(values[0], rel=1e-9)
     for rank, result in enumerate(two_rank_results):
-        torch.testing.assert_close(result["iou_focal"][1][0], grads[0][rank * per:(rank + 1) * per],
+        torch.testing.assert_close(result[name][1][0], grads[0][rank * per:(rank + 1) * per],
                                    rtol=1e-7, atol=1e-13)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import detlosses
 
@@ -71,14 +73,114 @@ def test_focal_reads_the_ious_at_the_positives_only():
     garbage_full = torch.where(targets == 1, ious, torch.where(targets == 0, 7.0, float("nan")))
     for clean, garbage in ((per_anchor, garbage_anchor), (ious, garbage_full)):
         values, grads = [], []
-        for given in (clean, garbage):
+        for passed in (clean, garbage):
             x = logits.clone().requires_grad_(True)
-            value = detlosses.iou_balanced_focal_loss(x, targets, given, reduction="sum")
+            value = detlosses.iou_balanced_focal_loss(x, targets, passed, reduction="sum")
             value.backward()
             values.append(value)
             grads.append(x.grad)
         torch.testing.assert_close(values[1], values[0])
         torch.testing.assert_close(grads[1], grads[0])
+
+
+# ----------------------------------------------------------------- per-anchor class indices
+def label_batch(seed=0, images=2, anchors=200, classes=4, background=0.6, ignored=0.1):
+    """Logits, per-anchor labels (class, -1 background, -2 ignored) and the same targets per element."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(images, anchors, classes, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, classes, (images, anchors), generator=g)
+    draw = torch.rand(images, anchors, generator=g)
+    labels[draw < background + ignored] = -1
+    labels[draw < ignored] = -2
+    return logits, labels, per_element_targets(labels, classes)
+
+
+def per_element_targets(labels, classes):
+    """The per-element form of per-anchor labels: 1 at a positive's class, -1 on an ignored anchor."""
+    targets = torch.nn.functional.one_hot(labels.clamp(min=0), classes).to(torch.float64)
+    targets *= (labels >= 0).unsqueeze(-1)
+    return torch.where((labels == -2).unsqueeze(-1), -1.0, targets)
+
+
+def values_and_grads(logits, targets, ious, **options):
+    x = logits.clone().requires_grad_(True)
+    value = detlosses.iou_balanced_focal_loss(x, targets, ious, **options)
+    value.sum().backward()
+    return value, x.grad
+
+
+@pytest.mark.parametrize("per_element_ious", [False, True])
+@pytest.mark.parametrize("options", [{"reduction": "sum"}, {"reduction": "none"},
+                                     {"reduction": "mean", "avg_factor": 7.0, "eta": 0.7, "alpha": 0.4,
+                                      "gamma": 1.5}])
+def test_per_anchor_class_indices_equal_the_per_element_targets(options, per_element_ious):
+    logits, labels, targets = label_batch(1)
+    g = torch.Generator().manual_seed(2)
+    ious = torch.rand(logits.shape if per_element_ious else labels.shape, generator=g, dtype=torch.float64)
+    by_anchor = values_and_grads(logits, labels, ious, **options)
+    by_element = values_and_grads(logits, targets, ious, **options)
+    torch.testing.assert_close(by_anchor, by_element)
+    if options["reduction"] == "sum":  # and the float64 reference (ignored anchors dropped)
+        kept = labels != -2
+        xr = logits[kept].clone().requires_grad_(True)
+        iou_rows = ious[kept] if per_element_ious else ious[kept][:, None].expand(-1, logits.shape[-1])
+        reference.iou_balanced_focal(xr, targets[kept], iou_rows).backward()
+        want = torch.zeros_like(logits)
+        want[kept] = xr.grad
+        torch.testing.assert_close(by_anchor[1], want)
+
+
+@given(seed=st.integers(0, 2**16), classes=st.integers(1, 5), background=st.floats(0.0, 1.0),
+       ignored=st.floats(0.0, 0.5), float32=st.booleans())
+def test_per_anchor_class_indices_equal_the_per_element_targets_on_random_batches(seed, classes, background,
+                                                                                  ignored, float32):
+    """Any mix of positives, background and ignored anchors, none of one kind included (no positive:
+    the negatives' plain focal loss), with an element weight."""
+    logits, labels, targets = label_batch(seed, anchors=30, classes=classes, background=background,
+                                          ignored=ignored)
+    g = torch.Generator().manual_seed(seed + 1)
+    ious = torch.rand(labels.shape, generator=g, dtype=torch.float64)
+    weight = torch.rand(logits.shape, generator=g, dtype=torch.float64)
+    if float32:
+        logits, ious, weight = logits.float(), ious.float(), weight.float()
+    by_anchor = values_and_grads(logits, labels, ious, reduction="sum", weight=weight)
+    by_element = values_and_grads(logits, targets, ious, reduction="sum", weight=weight)
+    torch.testing.assert_close(by_anchor, by_element)
+
+
+def test_per_anchor_class_indices_read_the_ious_at_the_positives_only():
+    logits, labels, _ = label_batch(3)
+    g = torch.Generator().manual_seed(4)
+    ious = torch.rand(labels.shape, generator=g, dtype=torch.float64)
+    garbage = torch.where(labels >= 0, ious, torch.where(labels == -1, 7.0, float("nan")))
+    torch.testing.assert_close(values_and_grads(logits, labels, garbage, reduction="sum"),
+                               values_and_grads(logits, labels, ious, reduction="sum"))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda labels: labels.double(), "must be integer class indices"),
+    (lambda labels: labels > 0, "must be integer class indices"),
+    (lambda labels: torch.where(labels == 1, 4, labels), r"class index 4 outside \[0, 4\)"),
+    (lambda labels: torch.where(labels == -2, -3, labels), "class index -3 outside"),
+])
+def test_per_anchor_class_indices_out_of_range_are_named(bad, message):
+    logits, labels, _ = label_batch(5)
+    with pytest.raises(ValueError, match=message):
+        detlosses.iou_balanced_focal_loss(logits, bad(labels), torch.rand(labels.shape, dtype=torch.float64))
+
+
+def test_per_anchor_class_indices_check_the_ious_at_the_positives():
+    logits, labels, _ = label_batch(6)
+    ious = torch.where(labels >= 0, 1.5, 0.5).double()
+    with pytest.raises(ValueError, match=r"ious at the positives must lie in \[0, 1\], got 1.5"):
+        detlosses.iou_balanced_focal_loss(logits, labels, ious)
+    with pytest.raises(ValueError, match="ious must have shape"):
+        detlosses.iou_balanced_focal_loss(logits, labels, ious[:, :5])
+    detlosses.set_validate_args(False)
+    try:  # the switch turns the value checks off (the shape checks stay)
+        detlosses.iou_balanced_focal_loss(logits, labels, ious)
+    finally:
+        detlosses.set_validate_args(True)
 
 
 @pytest.mark.parametrize("normalize", [True, False])

@@ -33,6 +33,8 @@ def _assignment(fake) -> DenseAssignment:
 
 # --------------------------------------------------------------------------- sync-free stand-ins
 def _score(logits, targets):
+    if targets.shape == logits.shape[:-1]:  # per-anchor class indices (the IoU-balanced criterion's)
+        targets = targets.unsqueeze(-1)
     return (torch.sigmoid(logits.float()) * (targets >= 0)).sum() / logits.numel()
 
 

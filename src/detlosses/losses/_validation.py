@@ -33,8 +33,16 @@ __all__ = [
     "check_binary_targets",
     "check_continuous_targets",
     "check_unit_interval",
+    "check_class_indices",
+    "class_index_rule",
     "check_nonnegative_scalar",
+    "BACKGROUND_LABEL",
+    "IGNORED_LABEL",
 ]
+
+#: per-anchor class indices: ``[0, C)`` a positive's class, these two the others (torchvision's matcher)
+BACKGROUND_LABEL = -1
+IGNORED_LABEL = -2
 
 
 _VALIDATE_ARGS = True
@@ -155,6 +163,25 @@ def check_unit_interval(values: Tensor, name: str) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {bad:g}")
 
 
+def check_class_indices(labels: Tensor, name: str, num_classes: int) -> None:
+    """Per-anchor class indices: each in ``[0, num_classes)`` (a positive's class), ``-1``
+    (background) or ``-2`` (ignored)."""
+    if not _VALIDATE_ARGS or labels.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(labels.detach()))
+    if low < IGNORED_LABEL or high >= num_classes:
+        bad = low if low < IGNORED_LABEL else high
+        raise ValueError(
+            f"{name} has class index {bad} outside [0, {num_classes}) and not -1 (background) or -2 (ignored)"
+        )
+
+
+def class_index_rule(num_classes: int) -> str:
+    """The value-check rule of per-anchor class indices for ``num_classes`` classes
+    (:func:`check_class_indices`)."""
+    return f"{_CLASS_INDEX_RULE}{int(num_classes)}"
+
+
 def check_nonnegative_scalar(value: float, name: str) -> float:
     try:
         value = float(value)
@@ -167,6 +194,7 @@ def check_nonnegative_scalar(value: float, name: str) -> float:
 
 Check = tuple[Tensor, str, str]
 _SET_RULES = ("ternary", "binary")  # values from a small set of integers: a range, and no fraction
+_CLASS_INDEX_RULE = "class index <"  # + the number of classes: class_index_rule
 _PENDING = threading.local()  # .groups: the checks a deferred_checks block holds (per thread)
 Group = tuple[tuple[Check, ...], list[list[Tensor]]]  # the checks and, per check, its reductions
 
@@ -193,7 +221,8 @@ def fused_checks(*checks: Check) -> None:
     """Value checks of several tensors in one host read (nothing when validation is off).
 
     Each check is ``(values, name, rule)`` with ``rule`` ``"finite"`` (no NaN/Inf), ``"unit"``
-    (finite, in ``[0, 1]``), ``"ternary"`` (1, 0 or -1) or ``"binary"`` (0 or 1). Their reductions
+    (finite, in ``[0, 1]``), ``"ternary"`` (1, 0 or -1), ``"binary"`` (0 or 1) or
+    :func:`class_index_rule` (per-anchor class indices, -1 and -2 included). Their reductions
     are stacked and read back at once — or, inside :func:`deferred_checks`, when the block ends;
     only when one fails are the detailed checks run, to name the problem.
     """
@@ -247,10 +276,13 @@ def deferred_checks() -> Iterator[None]:
 def range_passes(rule: str, low: float, high: float) -> bool:
     """Whether the ``(min, max)`` read back of some values passes ``rule``: ``"finite"``, ``"unit"``
     (finite, in ``[0, 1]``), ``"continuous"`` (Rank & Sort targets: no NaN, at most 1), ``"ternary"``
-    (from -1 to 1) or ``"binary"`` (from 0 to 1); for the last two, floating-point values must also
-    have no fraction (read separately)."""
+    (from -1 to 1) or ``"binary"`` (from 0 to 1), for these two floating-point values must also
+    have no fraction (read separately); or :func:`class_index_rule` (from -2 to the number of
+    classes, exclusive)."""
     if rule == "continuous":
         return not math.isnan(low) and high <= 1.0
+    if rule.startswith(_CLASS_INDEX_RULE):
+        return low >= IGNORED_LABEL and high < int(rule[len(_CLASS_INDEX_RULE):])
     if rule in _SET_RULES:
         return low >= (-1 if rule == "ternary" else 0) and high <= 1
     return math.isfinite(low) and math.isfinite(high) and (rule != "unit" or (low >= 0.0 and high <= 1.0))
@@ -263,6 +295,9 @@ _EXPLAIN = {"ternary": check_ternary_targets, "binary": check_binary_targets, "u
 def explain(values: Tensor, name: str, rule: str) -> None:
     """The detailed check of ``rule``, which names the problem: it raises if ``values`` fail it
     (run only once a fused read has failed: it reads the device itself)."""
+    if rule.startswith(_CLASS_INDEX_RULE):
+        check_class_indices(values, name, int(rule[len(_CLASS_INDEX_RULE):]))
+        return
     _EXPLAIN[rule](values, name)
 
 

@@ -25,7 +25,7 @@ from torchvision.ops import sigmoid_focal_loss
 from ..distributed import resolve_context
 from ._precision import full_precision
 from ._reduction import check_reduction, weight_reduce_loss
-from ._validation import check_same_shape, check_tensor, fused_checks
+from ._validation import IGNORED_LABEL, check_same_shape, check_tensor, class_index_rule, fused_checks
 
 __all__ = ["iou_balanced_focal_loss", "iou_balanced_smooth_l1_loss", "IoUBalancedFocalLoss",
            "IoUBalancedSmoothL1Loss"]
@@ -64,7 +64,14 @@ def iou_balanced_focal_loss(
 
     Args:
         logits: ``(..., C)`` classification logits.
-        targets: same shape, binary (1 positive, 0 negative); ``-1`` marks ignored elements.
+        targets: either per element, with the shape of ``logits``: 1 positive, 0 negative, -1
+            ignored; or per anchor, as ``F.cross_entropy`` takes class indices: an integer tensor
+            of shape ``logits.shape[:-1]`` holding the anchor's class ``c`` in ``[0, C)`` (positive
+            for class ``c``, negative for the others), ``-1`` (background: negative for every
+            class) or ``-2`` (ignored), the labels of torchvision's matcher and of
+            :class:`~detlosses.models.assignment.DenseAssignment`. The per-anchor form costs
+            about what plain focal loss costs: the positives are found among the anchors, not
+            among the elements.
         ious: IoU in ``[0, 1]`` of each element's predicted box with its ground truth (used at the
             positives), with the shape of ``logits`` or one per anchor (``logits.shape[:-1]``).
         eta: exponent of the IoU weight.
@@ -77,35 +84,91 @@ def iou_balanced_focal_loss(
     """
     logits = check_tensor(logits, "logits", floating=True)
     targets = check_tensor(targets, "targets")
-    check_same_shape(targets, "targets", logits, "logits")
     given = check_tensor(ious, "ious", floating=True).detach()
-    ious = _broadcast_ious(given, logits, "ious")  # one per anchor: a view, no copy
     check_reduction(reduction)
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    if logits.dim() >= 1 and targets.shape == logits.shape[:-1] and targets.shape != logits.shape:
+        focal, element_weight = _per_anchor_form(logits, targets, given, eta, alpha, gamma, compute_dtype,
+                                                 resolve_context(distributed))
+    else:
+        check_same_shape(targets, "targets", logits, "logits")
+        focal, element_weight = _per_element_form(logits, targets, given, eta, alpha, gamma, compute_dtype,
+                                                  resolve_context(distributed))
+    if weight is not None:
+        element_weight = element_weight * weight.to(compute_dtype)
+    return weight_reduce_loss(focal, element_weight, reduction, avg_factor)
+
+
+def _iou_weight(ious: Tensor, eta: float, dtype: torch.dtype) -> Tensor:
+    """``u^eta`` (detached), finite where the IoUs are not: they matter at the positives only, and
+    are checked there."""
+    return ious.to(dtype).clamp(0.0, 1.0).pow_(eta).nan_to_num_(0.0)
+
+
+def _normalised(iou_weight: Tensor, positive_focal: Tensor, context) -> Tensor:
+    """``u^eta Z`` with ``Z = sum_pos FL / sum_pos FL u^eta`` (over every rank under data
+    parallelism): the positives' total loss is unchanged. ``positive_focal`` is 0 off the positives."""
+    sums = context.all_reduce_sum(torch.stack([positive_focal.sum(), (positive_focal * iou_weight).sum()])
+                                  .to(torch.float64))
+    return iou_weight.mul_(_safe_ratio(sums[0], sums[1]).to(iou_weight.dtype))
+
+
+def _per_element_form(logits: Tensor, targets: Tensor, given: Tensor, eta: float, alpha: float, gamma: float,
+                      compute_dtype: torch.dtype, context) -> tuple[Tensor, Tensor]:
+    """Targets 1 / 0 / -1 per element: the focal terms and the (detached) element weights."""
+    ious = _broadcast_ious(given, logits, "ious")  # one per anchor: a view, no copy
     t = targets.to(compute_dtype)
     kept = t >= 0  # not ignored
     positive = t == 1
     fused_checks((logits, "logits", "finite"), (t, "targets", "ternary"),
                  (torch.where(positive, ious, 0.5), "ious at the positives", "unit"))
-    t = t.clamp_min(0.0)
-    focal = sigmoid_focal_loss(logits.to(compute_dtype), t, alpha=alpha, gamma=gamma, reduction="none")
+    focal = sigmoid_focal_loss(logits.to(compute_dtype), t.clamp_min(0.0), alpha=alpha, gamma=gamma,
+                               reduction="none")
     with torch.no_grad():
-        # the IoU weight u^eta on the IoUs as given (one per anchor: C times fewer elements than the
-        # logits), finite where the IoUs are not (they matter at the positives only); then viewed
-        # at every element, and read at the positives only
-        iou_weight = given.to(compute_dtype).clamp(0.0, 1.0).pow_(eta).nan_to_num_(0.0)
+        # the IoU weight on the IoUs as given (one per anchor: C times fewer elements than the
+        # logits), then viewed at every element, and read at the positives only
+        iou_weight = _iou_weight(given, eta, compute_dtype)
         positive_focal = torch.where(positive, focal, 0.0)
         if iou_weight.shape != focal.shape:  # one IoU per anchor: sum over the classes first
             positive_focal = positive_focal.sum(-1)
-        context = resolve_context(distributed)
-        sums = context.all_reduce_sum(torch.stack([positive_focal.sum(), (positive_focal * iou_weight).sum()])
-                                      .to(torch.float64))
-        normaliser = _safe_ratio(sums[0], sums[1]).to(compute_dtype)
-        scaled = _broadcast_ious(iou_weight.mul_(normaliser), logits, "ious")
+        scaled = _broadcast_ious(_normalised(iou_weight, positive_focal, context), logits, "ious")
         element_weight = torch.where(positive, scaled, kept)  # 1 at the negatives, 0 where ignored
-        if weight is not None:
-            element_weight = element_weight * weight.to(compute_dtype)
-    return weight_reduce_loss(focal, element_weight, reduction, avg_factor)
+    return focal, element_weight
+
+
+def _per_anchor_form(logits: Tensor, labels: Tensor, given: Tensor, eta: float, alpha: float, gamma: float,
+                     compute_dtype: torch.dtype, context) -> tuple[Tensor, Tensor]:
+    """Class indices per anchor (``-1`` background, ``-2`` ignored): every look-up at the positives
+    is a gather along the classes, one element per anchor; the element weights are the anchors'
+    (1, or 0 where ignored) with the positives' ``u^eta Z`` scattered in."""
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"targets of shape {tuple(labels.shape)} (one per anchor) must be integer class indices "
+            f"(-1 background, -2 ignored), got {labels.dtype}; per-element targets have the shape of "
+            f"logits {tuple(logits.shape)}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"targets is on {labels.device} but logits is on {logits.device}")
+    if given.shape not in (logits.shape, labels.shape):
+        raise ValueError(
+            f"ious must have shape {tuple(logits.shape)} or {tuple(labels.shape)}, got {tuple(given.shape)}"
+        )
+    positive = labels >= 0
+    index = labels.clamp(min=0).unsqueeze(-1)  # each anchor's class (0 where none: masked out)
+    ious = given if given.shape == labels.shape else given.gather(-1, index).squeeze(-1)
+    fused_checks((logits, "logits", "finite"), (labels, "targets", class_index_rule(logits.shape[-1])),
+                 (torch.where(positive, ious, 0.5), "ious at the positives", "unit"))
+    positive_value = positive.unsqueeze(-1).to(compute_dtype)
+    t = torch.zeros(logits.shape, dtype=compute_dtype, device=logits.device).scatter_(-1, index, positive_value)
+    focal = sigmoid_focal_loss(logits.to(compute_dtype), t, alpha=alpha, gamma=gamma, reduction="none")
+    with torch.no_grad():
+        kept = (labels != IGNORED_LABEL).to(compute_dtype)
+        positive_focal = torch.where(positive, focal.gather(-1, index).squeeze(-1), 0.0)
+        scaled = _normalised(_iou_weight(ious, eta, compute_dtype), positive_focal, context)
+        anchor_weight = torch.where(positive, scaled, kept)  # what goes at each anchor's class
+        element_weight = kept.unsqueeze(-1).expand(logits.shape).contiguous()
+        element_weight.scatter_(-1, index, anchor_weight.unsqueeze(-1))
+    return focal, element_weight
 
 
 @full_precision

@@ -26,10 +26,12 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from ..losses._validation import BACKGROUND_LABEL, IGNORED_LABEL
+
 __all__ = ["DenseAssignment", "BACKGROUND", "IGNORED", "aligned_iou", "generalized_iou_loss", "shift_labels"]
 
-BACKGROUND = -1
-IGNORED = -2
+BACKGROUND = BACKGROUND_LABEL  # -1 (torchvision's matcher: below the low threshold)
+IGNORED = IGNORED_LABEL  # -2 (between the thresholds)
 HEADS = ("retinanet", "fcos")
 
 

@@ -337,8 +337,10 @@ class IoUBalancedCriterion(DetectionCriterion):
         ious = batch.positive_ious()
         per_anchor = torch.zeros(batch.labels.shape, dtype=batch.cls_logits.dtype, device=ious.device)
         per_anchor.view(-1)[batch.positive_index] = ious.to(per_anchor.dtype)
+        # the anchors' labels as targets (class index, -1 background, -2 ignored): no (B, A, C)
+        # targets to build, and the positives are looked up among the anchors, not the elements
         cls = _positive_mean(iou_balanced_focal_loss(
-            batch.cls_logits, batch.class_targets(batch.cls_logits.dtype), per_anchor,
+            batch.cls_logits, batch.labels, per_anchor,
             eta=self.eta, alpha=self.alpha, gamma=self.gamma, reduction="sum", distributed=True,
         ), batch)
         deltas = batch.positive_deltas
