@@ -28,7 +28,15 @@ LOSSES = {
     "pap": lambda x, b: detlosses.parameterized_ap_loss(x, b[1], b[2]),
     "ghmc": lambda x, b: detlosses.GHMC(momentum=0.0)(x, b[1].clamp_min(0), (b[1] >= 0).float()),
     "iou_focal": lambda x, b: detlosses.iou_balanced_focal_loss(x, b[1], b[2], reduction="sum"),
+    # per-anchor class indices (each anchor's first positive class, else background; -2 ignored)
+    "iou_focal_labels": lambda x, b: detlosses.iou_balanced_focal_loss(x, _labels(b[1]), b[2][:, 0],
+                                                                       reduction="sum"),
 }
+
+
+def _labels(targets):
+    positive = targets == 1
+    return torch.where(positive.any(-1), positive.int().argmax(-1), torch.where((targets == -1).any(-1), -2, -1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
