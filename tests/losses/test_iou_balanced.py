@@ -169,6 +169,19 @@ def test_per_anchor_class_indices_out_of_range_are_named(bad, message):
         detlosses.iou_balanced_focal_loss(logits, bad(labels), torch.rand(labels.shape, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("bad", [1.5, float("nan")])
+def test_per_element_targets_check_per_anchor_ious_at_the_anchors_with_a_positive(bad):
+    """One IoU per anchor with per-element targets: checked at every anchor that holds a positive
+    (an anchor with a positive in one class of several included)."""
+    logits, labels, targets = label_batch(7)
+    ious = torch.full(labels.shape, 0.5, dtype=torch.float64)
+    anchor = tuple(int(i) for i in (labels >= 0).nonzero()[0])
+    targets[anchor] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # one positive class of four
+    ious[anchor] = bad
+    with pytest.raises(ValueError, match="ious at the positives"):
+        detlosses.iou_balanced_focal_loss(logits, targets, ious)
+
+
 def test_per_anchor_class_indices_check_the_ious_at_the_positives():
     logits, labels, _ = label_batch(6)
     ious = torch.where(labels >= 0, 1.5, 0.5).double()

@@ -120,8 +120,11 @@ def _per_element_form(logits: Tensor, targets: Tensor, given: Tensor, eta: float
     t = targets.to(compute_dtype)
     kept = t >= 0  # not ignored
     positive = t == 1
+    # one IoU per anchor: checked at the anchors that hold a positive (no pass over the logits' size)
+    at_positives = (torch.where(positive.any(-1), given, 0.5) if ious.shape != given.shape
+                    else torch.where(positive, ious, 0.5))
     fused_checks((logits, "logits", "finite"), (t, "targets", "ternary"),
-                 (torch.where(positive, ious, 0.5), "ious at the positives", "unit"))
+                 (at_positives, "ious at the positives", "unit"))
     focal = sigmoid_focal_loss(logits.to(compute_dtype), t.clamp_min(0.0), alpha=alpha, gamma=gamma,
                                reduction="none")
     with torch.no_grad():
