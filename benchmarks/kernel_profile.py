@@ -43,7 +43,9 @@ from benchmarks.losses import (
 )
 from detlosses.ranking import engine
 
-LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm")
+#: the IoU-balanced focal loss RetinaNet-shaped (20 classes per anchor), per-element targets and
+#: per-anchor class indices (:func:`benchmarks.losses.fast_call`)
+LOSSES = ("focal", "ap", "alrp", "rank_sort", "pap", "ghm", "iou_balanced", "iou_balanced_labels")
 
 
 def ghm_call(b: dict[str, torch.Tensor]):

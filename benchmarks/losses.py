@@ -207,16 +207,23 @@ def fast_call(name: str, b: dict[str, torch.Tensor], library=detlosses) -> Calla
     package, e.g. an earlier commit's for :mod:`benchmarks.compare_engines`).
 
     ``"iou_balanced"`` (IoU-balanced focal loss) sees the batch as a RetinaNet head does: anchors
-    of :data:`ANCHOR_CLASSES` classes, one IoU per anchor (the largest of its elements')."""
-    if name == "iou_balanced":
+    of :data:`ANCHOR_CLASSES` classes, one IoU per anchor (the largest of its elements');
+    ``"iou_balanced_labels"`` gives it the same anchors' class indices instead of per-element
+    targets (an anchor's first positive class; -2 where it holds an ignored entry; else -1), the
+    form the IoU-balanced criterion uses."""
+    if name.startswith("iou_balanced"):
         if b["logits"].numel() % ANCHOR_CLASSES:
-            raise ValueError(f"iou_balanced needs N divisible by {ANCHOR_CLASSES}, got {b['logits'].numel()}")
+            raise ValueError(f"{name} needs N divisible by {ANCHOR_CLASSES}, got {b['logits'].numel()}")
         shape = (-1, ANCHOR_CLASSES)
         anchor_targets, anchor_ious = b["targets"].view(shape), b["ious"].view(shape).amax(-1)
+        if name == "iou_balanced_labels":
+            positive = anchor_targets == 1
+            anchor_targets = torch.where(positive.any(-1), positive.int().argmax(-1),
+                                         torch.where((anchor_targets < 0).any(-1), -2, -1))
 
     def run() -> None:
         x = _leaf(b["logits"])
-        if name == "iou_balanced":
+        if name.startswith("iou_balanced"):
             loss = library.iou_balanced_focal_loss(x.view(shape), anchor_targets, anchor_ious, reduction="sum")
         elif name == "ap":
             loss = library.ap_loss(x, b["targets"])

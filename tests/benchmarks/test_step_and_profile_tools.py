@@ -54,13 +54,14 @@ def test_kernel_profile_refuses_bad_arguments_in_one_line(argv, capsys):
 def test_kernel_profile_reports_every_loss_with_wall_and_busy_times(tmp_path):
     out = tmp_path / "profile.txt"
     lanes = kernel_profile.engine._LANES
-    assert kernel_profile.main(["--sizes", "3000x20", "--losses", "focal,ap,ghm", "--top", "3", "--lanes", "1",
+    names = ("focal", "ap", "ghm", "iou_balanced", "iou_balanced_labels")
+    assert kernel_profile.main(["--sizes", "3000x20", "--losses", ",".join(names), "--top", "3", "--lanes", "1",
                                 "--late", "--out", str(out)]) == 0
     text = out.read_text()
-    for name in ("focal", "ap", "ghm"):
+    for name in names:
         assert f"## {name}, N = 3e+03, P = 20, late-training logits, at most 1 accumulation lanes: wall" in text
     rows = [line for line in text.splitlines() if line.startswith("| 3e+03 |")]
-    assert len(rows) == 3
+    assert len(rows) == len(names)
     for row in rows:
         wall, busy = (float(v) for v in row.strip("|").split("|")[3:5])
         assert wall > 0 and busy > 0
