@@ -216,3 +216,28 @@ def test_failed_recording_falls_back_with_a_warning(monkeypatch):
     _graphs.set_cuda_graphs(False)
     torch.testing.assert_close(loss, detlosses.ap_loss(logits, targets))
     torch.testing.assert_close(again, loss)
+
+
+@pytest.mark.parametrize("path", ["cpu_fast_path", "device_path", "static_shapes"])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.bool])
+def test_integer_targets_equal_float_targets_on_every_path(path, dtype):
+    """The detector criteria pass their ternary targets as int8 (a quarter of float32's bytes):
+    the same values and gradients as float targets on the CPU's fast path, the device path and
+    the static shapes a CUDA graph records (ignored entries included; booleans have none)."""
+    from detlosses.ranking.engine import set_cpu_fast_paths
+
+    logits, targets = _ternary(3000, 40, seed=7)
+    if dtype != torch.bool:
+        targets[torch.randperm(3000, generator=torch.Generator().manual_seed(8))[:60]] = -1.0
+        assert int((targets == 1).sum()) > 30
+    want = _all_four(logits, targets)
+    set_cpu_fast_paths(path == "cpu_fast_path")
+    try:
+        if path == "static_shapes":
+            with _graphs.force_static_shapes():
+                got = _all_four(logits, targets.to(dtype))
+        else:
+            got = _all_four(logits, targets.to(dtype))
+    finally:
+        set_cpu_fast_paths(True)
+    _assert_same(got, want)

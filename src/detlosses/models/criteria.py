@@ -110,6 +110,12 @@ def _positive_mean(local_sum: Tensor, batch: DenseAssignment) -> Tensor:
     return (total.to(compute) / count.to(device=total.device, dtype=compute)).to(total.dtype)
 
 
+def _ternary_targets(batch: DenseAssignment) -> Tensor:
+    """The ranking losses' ``(B, A, C)`` targets, 1 / 0 / -1, as ``int8``: a quarter of float32's
+    bytes to write, compare and check, and integers need no check for fractions."""
+    return batch.class_targets(torch.int8)
+
+
 def _check_box_loss(box_loss: str) -> str:
     if box_loss not in ("auto", "delta", "giou"):
         raise ValueError(f"box_loss must be 'auto', 'delta' or 'giou', got {box_loss!r}")
@@ -160,7 +166,7 @@ class APCriterion(DetectionCriterion):
         self.box_loss = _check_box_loss(box_loss)
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
-        cls = ap_loss(batch.cls_logits, batch.class_targets(), delta=self.delta, interpolate=self.interpolate,
+        cls = ap_loss(batch.cls_logits, _ternary_targets(batch), delta=self.delta, interpolate=self.interpolate,
                       distributed=True)
         if _delta_box_loss(self.box_loss, batch):
             box = _positive_mean(F.smooth_l1_loss(
@@ -182,7 +188,7 @@ class ALRPCriterion(DetectionCriterion):
 
     def forward(self, batch: DenseAssignment) -> dict[str, Tensor]:
         errors = batch.positive_giou_loss()
-        loss = self.alrp(batch.cls_logits, batch.class_targets(), errors)
+        loss = self.alrp(batch.cls_logits, _ternary_targets(batch), errors)
         cls, loc = self.alrp.last_components
         return {"loss": loss, "loss_cls": cls, "loss_loc": loc}
 
@@ -253,7 +259,7 @@ class PAPCriterion(DetectionCriterion):
         soft_iou = (1.0 - 0.5 * giou_loss).clamp(0.0, 1.0)  # (GIoU + 1) / 2
         # one per positive, in the order of the class targets' positives (positive_index ascends,
         # one class each): no (B, A, C) tensor of soft IoUs, nor its gradient
-        loss = self.pap(batch.cls_logits, batch.class_targets(), soft_iou)
+        loss = self.pap(batch.cls_logits, _ternary_targets(batch), soft_iou)
         return {"loss": loss, "loss_pap": loss}
 
     def extra_logs(self) -> dict[str, float]:
