@@ -49,6 +49,7 @@ from .criteria import (
     PAPCriterion,
     RankSortCriterion,
     _positive_mean,
+    _ternary_targets,
 )
 
 __all__ = [
@@ -236,7 +237,7 @@ class SetAPCriterion(_PerLayer):
         self.bbox_weight, self.giou_weight = float(bbox_weight), float(giou_weight)
 
     def layer_loss(self, batch: QueryAssignment) -> dict[str, Tensor]:
-        cls = ap_loss(batch.cls_logits, batch.class_targets(), delta=self.delta, interpolate=self.interpolate,
+        cls = ap_loss(batch.cls_logits, _ternary_targets(batch), delta=self.delta, interpolate=self.interpolate,
                       distributed=True)
         pred = batch.positive_pred_boxes()
         l1 = _positive_mean(batch.positive_l1().sum(), batch)
