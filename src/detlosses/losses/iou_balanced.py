@@ -87,7 +87,7 @@ def iou_balanced_focal_loss(
     given = check_tensor(ious, "ious", floating=True).detach()
     check_reduction(reduction)
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
-    if logits.dim() >= 1 and targets.shape == logits.shape[:-1] and targets.shape != logits.shape:
+    if logits.dim() >= 1 and targets.shape == logits.shape[:-1]:  # one class index per anchor
         focal, element_weight = _per_anchor_form(logits, targets, given, eta, alpha, gamma, compute_dtype,
                                                  resolve_context(distributed))
     else:
