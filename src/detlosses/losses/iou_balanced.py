@@ -10,6 +10,10 @@ Detection", arXiv 1908.05641). Released code: ShengkaiWu/IoU-aware-single-stage-
   ``lambda = 1.5``; ``normalize=True`` (the paper's form) rescales so the total equals plain
   smooth-L1 (the released code used a fixed loss weight, 3.049 for RetinaNet R50, instead).
 
+The focal loss takes its targets per element (1 positive, 0 negative, -1 ignored) or per anchor
+as class indices (``-1`` background, ``-2`` ignored), the cheaper form: its look-ups at the
+positives are one gather along the classes, not masks over every element.
+
 Both follow mmdetection's reduction: ``reduction="mean"`` (the default) with ``avg_factor`` (the
 number of positives, as a detector passes it) divides the sum by it; ``"sum"`` and ``"none"`` as
 usual.
