@@ -185,6 +185,25 @@ def test_cuda_graphs_match_the_eager_path(dtype):
         _assert_same(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-9)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_graphs_on_a_device_that_is_not_the_current_one():
+    """Tensors on cuda:1 while cuda:0 is current (``model.to("cuda:1")`` without ``set_device``):
+    the graphs must record on cuda:1. ``torch.cuda.graph``'s default stream, made on cuda:0 by the
+    first recording there, would capture nothing on cuda:1, and every replay would leave the first
+    call's gradients in place."""
+    with torch.cuda.device(0):
+        _all_four(*_ternary(300_000, 700, seed=1, device="cuda:0"))  # records on cuda:0 first
+        cases = [_ternary(300_000, p, seed=p, device="cuda:1") for p in (700, 900, 800)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an empty graph warns
+            got = [_all_four(*case) for case in cases]
+        assert any(key[2] == torch.device("cuda:1") for key, g in _graphs._GRAPHS.items() if g is not None)
+        _graphs.set_cuda_graphs(False)
+        want = [_all_four(*case) for case in cases]
+    for a, b in zip(got, want, strict=True):
+        _assert_same(a, b, rtol=1e-9)
+
+
 @CUDA
 def test_cuda_graph_outputs_are_copies():
     """Two calls before one backward: the first call's gradient must survive the second replay."""

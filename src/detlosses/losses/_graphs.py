@@ -137,14 +137,19 @@ class _Recorded:
         device = inputs.scores.device
         if device.type != "cuda":
             return
-        # warm up on a side stream (lazily made tables, library workspaces), then record
+        # warm up on a side stream (lazily made tables, library workspaces), then record on it. On
+        # the tensors' device, which need not be the current one: ``torch.cuda.graph`` would record
+        # on its default stream, made once on whichever device was current at the first recording,
+        # while the kernels ran on the tensors' device outside the capture (an empty graph,
+        # replayed without effect: stale gradients)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             work(inputs)
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=_pool(device), capture_error_mode="thread_local"):
+        with torch.cuda.device(device), torch.cuda.graph(graph, pool=_pool(device), stream=stream,
+                                                         capture_error_mode="thread_local"):
             self.outputs = work(inputs)
         self.graph = graph
 

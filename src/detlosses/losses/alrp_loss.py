@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..distributed import resolve_context
 from ..ranking import HingeKernels, smoothed_step
+from ._compiler import runs_eagerly
 from ._precision import full_precision
 from ._ranking import RankingBatch, RankingGradients, ValueCheck, identity_update, no_positive_values, prepare
 from ._self_balance import SelfBalance
@@ -79,6 +80,7 @@ class ALRPLossOutput(NamedTuple):
     localisation: Tensor
 
 
+@runs_eagerly
 @full_precision
 def alrp_loss(
     logits: Tensor,

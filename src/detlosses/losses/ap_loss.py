@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..distributed import resolve_context
 from ..ranking import HingeKernels, smoothed_step
+from ._compiler import runs_eagerly
 from ._precision import full_precision
 from ._ranking import RankingBatch, RankingGradients, identity_update, no_positive_values, prepare
 from ._validation import check_nonnegative_scalar
@@ -57,6 +58,7 @@ def _ap_formula(delta: float, interpolate: bool):
     return formula
 
 
+@runs_eagerly
 @full_precision
 def ap_loss(
     logits: Tensor,

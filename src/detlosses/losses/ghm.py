@@ -14,8 +14,9 @@ Both losses weight every element by the inverse density of its *gradient norm* `
   ``loss = sum w ASL1 / tot``.
 
 Better than the originals: the histogram is one ``histc`` of the bin indices, in interleaved copies
-for large inputs (no Python loop over bins with a host sync per bin, no atomic adds of every element
-into a few global counters, which cost 170 ms for 1e8 elements on an H100; no host synchronisation
+for large inputs, or an integer scatter under ``torch.use_deterministic_algorithms`` (no Python
+loop over bins with a host sync per bin, no atomic adds of every element into a few global
+counters, which cost 170 ms for 1e8 elements on an H100; no host synchronisation
 at all: the value checks, when on, are one read); weights are float32 or wider whatever the input
 dtype (no fp16 overflow of ``tot / A_b``); one histogram covers whatever is passed (flatten every
 FPN level of the batch into one call) and, under data parallelism, every rank (counts all-reduced);
@@ -68,6 +69,14 @@ def gradient_bin_counts(g: Tensor, valid: Tensor, edges: Tensor) -> tuple[Tensor
     # bin b of copy c counts the valid elements of index b among elements j = c (mod lanes): a histogram
     # of unit-wide bins centred on the integers b + bins * c, invalid elements moved below its range;
     # copies count in float32 (exact up to 2^24 per bin and copy; faster atomics), one table in float64
+    if torch.are_deterministic_algorithms_enabled():
+        # ``torch.histc`` has no deterministic CUDA kernel (it raises under deterministic
+        # algorithms, e.g. Lightning's ``Trainer(deterministic=True)``): exact integer counts by a
+        # scatter, which has one on every device (slower: a sort on CUDA), invalid elements in an
+        # extra bin dropped after
+        keys = torch.where(valid, index, bins).view(-1)
+        counts = index.new_zeros(bins + 1).scatter_add_(0, keys, keys.new_ones(()).expand_as(keys))
+        return index, counts[:bins].to(torch.float64)
     keys = torch.where(valid, index, -bins * lanes)
     if lanes == 1:
         return index, torch.histc(keys.to(torch.float64), bins=bins, min=-0.5, max=bins - 0.5)

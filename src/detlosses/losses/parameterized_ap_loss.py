@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from ..distributed import DistributedContext, resolve_context
 from ..ranking import HingeKernels, control_point_kernel, square_kernel
 from ..ranking.kernels import PiecewisePolynomialKernel
+from ._compiler import runs_eagerly
 from ._grad_scale import scale_gradient
 from ._precision import full_precision
 from ._ranking import RankingBatch, RankingGradients, ValueCheck, identity_update, no_positive_values, prepare
@@ -307,6 +308,7 @@ def _candidate_mask(targets: Tensor, scores: Tensor, topk: int, context: Distrib
     return valid & (scores >= threshold)
 
 
+@runs_eagerly
 @full_precision
 def parameterized_ap_loss(
     logits: Tensor,

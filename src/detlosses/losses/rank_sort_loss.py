@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..distributed import resolve_context
 from ..ranking import HingeKernels, smoothed_step
 from ..ranking.dominance import Dominance
+from ._compiler import runs_eagerly
 from ._precision import full_precision
 from ._ranking import RankingBatch, RankingGradients, identity_update, no_positive_values, prepare
 from ._validation import check_nonnegative_scalar
@@ -80,6 +81,7 @@ class RankSortLossOutput(NamedTuple):
     sorting: Tensor
 
 
+@runs_eagerly
 @full_precision
 def rank_sort_loss(
     logits: Tensor,
