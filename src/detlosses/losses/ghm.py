@@ -63,7 +63,8 @@ def gradient_bin_counts(g: Tensor, valid: Tensor, edges: Tensor) -> tuple[Tensor
     """Bin index of every element (``edges[b] <= g < edges[b + 1]``) and the number of valid elements
     per bin (float64, exact; this process's elements only)."""
     bins = edges.numel() - 1
-    index = (torch.bucketize(g, edges, right=True) - 1).clamp_(0, bins - 1)
+    # (contiguous: from a permuted head's logits ``bucketize`` would copy them anyway, and warn)
+    index = (torch.bucketize(g.contiguous(), edges, right=True) - 1).clamp_(0, bins - 1)
     n = index.numel()
     lanes = interleaved_lanes(n, _HISTOGRAM_LANES) if n >= _HISTOGRAM_MIN_ELEMENTS else 1
     # bin b of copy c counts the valid elements of index b among elements j = c (mod lanes): a histogram
