@@ -2,24 +2,26 @@
 
 ``L = L_cls + w L_loc`` with ``w`` re-estimated at the end of every epoch as
 ``(mean L_loc + mean L_cls) / mean L_loc`` over that epoch's iterations. The running sums and the
-weight are buffers (saved in ``state_dict``, moved with the module). With ``distributed=True``
-(:mod:`detlosses.distributed`) the sums are all-reduced before the update, so every rank holds the
-same weight.
+weight are buffers (saved in ``state_dict``, moved with the module, float64 whatever it is cast to).
+With ``distributed=True`` (:mod:`detlosses.distributed`) the sums are all-reduced before the update,
+so every rank holds the same weight.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..distributed import resolve_context
+from ._statistics import Float64Statistics
 
 __all__ = ["SelfBalance"]
 
 
-class SelfBalance(nn.Module):
+class SelfBalance(Float64Statistics):
     weight: Tensor
     sums: Tensor
+    float64_statistics = ("weight", "sums")  # kept float64 under module casts (bf16: 256 + 1 = 256)
 
     def __init__(self, initial_weight: float = 50.0, distributed: bool = False) -> None:
         super().__init__()

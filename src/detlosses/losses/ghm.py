@@ -31,12 +31,13 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..distributed import DistributedContext, resolve_context, union_sum
 from ..ranking.engine import interleaved_lanes
 from ._precision import full_precision
 from ._reduction import check_reduction
+from ._statistics import Float64Statistics
 from ._validation import check_same_shape, check_tensor, fused_checks, validate_args_enabled
 
 __all__ = ["ghmc_loss", "ghmr_loss", "GHMC", "GHMR", "gradient_bin_counts", "gradient_density_weights"]
@@ -132,9 +133,10 @@ def gradient_density_weights(
     return torch.where(valid, per_bin.to(weight_dtype)[index], 0.0)
 
 
-class _GHMBase(nn.Module):
+class _GHMBase(Float64Statistics):
     ema: Tensor
     updates: Tensor
+    float64_statistics = ("ema", "updates")  # kept float64 under module casts (fp16 overflows)
 
     def __init__(self, bins: int, momentum: float, loss_weight: float, reduction: str, bias_correction: bool,
                  distributed: bool = False):

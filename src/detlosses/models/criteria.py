@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from ..distributed import resolve_context, union_sum
@@ -55,12 +55,13 @@ from ..losses import (
     load_pap_params,
     rank_sort_loss,
 )
+from ..losses._statistics import Float64Statistics
 from .assignment import DenseAssignment
 
 __all__ = ["DetectionCriterion", "CRITERIA", "build_criterion", "LOSS_NAMES"]
 
 
-class DetectionCriterion(nn.Module):
+class DetectionCriterion(Float64Statistics):
     """Base class: ``forward(batch) -> {"loss": ..., components}``; epoch-level hooks.
 
     A call reads the value checks of all its losses in one host read, when it ends
@@ -275,6 +276,8 @@ class GHMCriterion(DetectionCriterion):
 
     Also accumulates the epoch's histogram of GHM-C gradient norms (for the run report).
     """
+
+    float64_statistics = ("histogram",)  # the epoch's gradient-norm counts: float64 under casts
 
     name = "ghm"
     histogram: Tensor
