@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -125,3 +127,25 @@ def test_ghm_and_iou_balanced_inputs():
     with pytest.raises(ValueError, match="avg_factor can only be used"):
         detlosses.iou_balanced_smooth_l1_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.rand(2), avg_factor=2.0,
                                               reduction="sum")
+    for bad, message in ((-1.0, "avg_factor must be a finite number >= 0, got -1.0"),
+                         (float("nan"), "avg_factor must be a finite number >= 0, got nan"),
+                         ("n", "avg_factor must be a number, got 'n'"),
+                         (torch.tensor(-2.0), "avg_factor must be >= 0, got -2"),
+                         (torch.tensor(float("inf")), "avg_factor contains Inf"),
+                         (torch.tensor([3.0, float("nan")]), "avg_factor contains NaN")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            detlosses.iou_balanced_focal_loss(X, T, torch.rand(6, 2), avg_factor=bad)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            detlosses.iou_balanced_smooth_l1_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.rand(2), avg_factor=bad)
+
+
+def test_weight_reduce_loss_helper():
+    """The public mmdetection-style helper: the same avg_factor rules as the losses built on it."""
+    loss = torch.tensor([1.0, 2.0, 3.0])
+    assert detlosses.weight_reduce_loss(loss, avg_factor=torch.tensor(2.0)).item() == 3.0
+    assert detlosses.weight_reduce_loss(torch.zeros(0)).item() == 0.0  # the mean of nothing
+    assert detlosses.weight_reduce_loss(torch.zeros(0), avg_factor=0.0).item() == 0.0
+    with pytest.raises(ValueError, match="avg_factor must be >= 0, got -1"):
+        detlosses.weight_reduce_loss(loss, avg_factor=torch.tensor(-1.0))
+    with pytest.raises(ValueError, match="avg_factor must be a finite number >= 0, got -3.0"):
+        detlosses.weight_reduce_loss(loss, avg_factor=-3)

@@ -63,6 +63,40 @@ def test_focal_per_anchor_ious_and_ignored_and_avg_factor():
     torch.testing.assert_close(module(logits, targets, ious, avg_factor=7.0), 2.0 * a / 7.0)
 
 
+def test_no_element_no_positive_and_a_zero_avg_factor_give_zero_not_nan():
+    """mmdetection's conventions: the mean of nothing is 0 (its box losses' ``pred.sum() * 0``), and
+    a zero ``avg_factor`` (every element ignored) divides by float32's epsilon, not by 0."""
+    deltas = torch.zeros(0, 4, requires_grad=True)
+    value = detlosses.iou_balanced_smooth_l1_loss(deltas, torch.zeros(0, 4), torch.zeros(0))  # no positive
+    value.backward()
+    assert value.item() == 0.0 and deltas.grad.shape == (0, 4)
+    logits = torch.zeros(2, 0, 3, requires_grad=True)  # no anchor
+    assert detlosses.iou_balanced_focal_loss(logits, torch.zeros(2, 0, 3), torch.zeros(2, 0, 3)).item() == 0.0
+    logits, targets, ious = cls_batch(3)
+    for zero in (0.0, torch.tensor(0.0)):
+        ignored = detlosses.iou_balanced_focal_loss(logits, torch.full_like(targets, -1.0), ious, avg_factor=zero)
+        assert ignored.item() == 0.0
+        kept = detlosses.iou_balanced_focal_loss(logits, targets, ious, avg_factor=zero)
+        eps = torch.finfo(torch.float32).eps
+        summed = detlosses.iou_balanced_focal_loss(logits, targets, ious, reduction="sum")
+        torch.testing.assert_close(kept, summed / eps)
+    torch.testing.assert_close(detlosses.iou_balanced_focal_loss(logits, targets, ious, avg_factor=torch.tensor(7.0)),
+                               detlosses.iou_balanced_focal_loss(logits, targets, ious, avg_factor=7.0))
+
+
+def test_a_tensor_avg_factor_is_checked_in_the_losss_one_read(monkeypatch):
+    from detlosses.losses import _validation
+
+    reads = []
+    judge = _validation._judge
+    monkeypatch.setattr(_validation, "_judge", lambda *a, **k: reads.append(1) or judge(*a, **k))
+    logits, targets, ious = cls_batch(4)
+    detlosses.iou_balanced_focal_loss(logits, targets, ious, avg_factor=torch.tensor(5.0))
+    detlosses.iou_balanced_smooth_l1_loss(torch.randn(6, 4), torch.randn(6, 4), torch.rand(6),
+                                          avg_factor=torch.tensor(6.0))
+    assert len(reads) == 2
+
+
 def test_focal_reads_the_ious_at_the_positives_only():
     """IoUs elsewhere (NaN, out of range) change nothing: per anchor (the weight is computed on the
     anchors, then viewed at every element) and per element; gradients included."""

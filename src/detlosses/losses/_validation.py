@@ -33,6 +33,7 @@ __all__ = [
     "check_binary_targets",
     "check_continuous_targets",
     "check_unit_interval",
+    "check_nonnegative",
     "check_class_indices",
     "class_index_rule",
     "check_nonnegative_scalar",
@@ -163,6 +164,16 @@ def check_unit_interval(values: Tensor, name: str) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {bad:g}")
 
 
+def check_nonnegative(values: Tensor, name: str) -> None:
+    """All values finite and ``>= 0`` (e.g. an ``avg_factor`` given as a tensor)."""
+    if not _VALIDATE_ARGS or values.numel() == 0:
+        return
+    check_finite(values, name)
+    low = float(values.detach().min())
+    if low < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {low:g}")
+
+
 def check_class_indices(labels: Tensor, name: str, num_classes: int) -> None:
     """Per-anchor class indices: each in ``[0, num_classes)`` (a positive's class), ``-1``
     (background) or ``-2`` (ignored)."""
@@ -221,7 +232,7 @@ def fused_checks(*checks: Check) -> None:
     """Value checks of several tensors in one host read (nothing when validation is off).
 
     Each check is ``(values, name, rule)`` with ``rule`` ``"finite"`` (no NaN/Inf), ``"unit"``
-    (finite, in ``[0, 1]``), ``"ternary"`` (1, 0 or -1), ``"binary"`` (0 or 1) or
+    (finite, in ``[0, 1]``), ``"nonnegative"`` (finite, ``>= 0``), ``"ternary"`` (1, 0 or -1), ``"binary"`` (0 or 1) or
     :func:`class_index_rule` (per-anchor class indices, -1 and -2 included). Their reductions
     are stacked and read back at once — or, inside :func:`deferred_checks`, when the block ends;
     only when one fails are the detailed checks run, to name the problem.
@@ -275,21 +286,23 @@ def deferred_checks() -> Iterator[None]:
 
 def range_passes(rule: str, low: float, high: float) -> bool:
     """Whether the ``(min, max)`` read back of some values passes ``rule``: ``"finite"``, ``"unit"``
-    (finite, in ``[0, 1]``), ``"continuous"`` (Rank & Sort targets: no NaN, at most 1), ``"ternary"``
-    (from -1 to 1) or ``"binary"`` (from 0 to 1), for these two floating-point values must also
-    have no fraction (read separately); or :func:`class_index_rule` (from -2 to the number of
-    classes, exclusive)."""
+    (finite, in ``[0, 1]``), ``"nonnegative"`` (finite, ``>= 0``), ``"continuous"`` (Rank & Sort
+    targets: no NaN, at most 1), ``"ternary"`` (from -1 to 1) or ``"binary"`` (from 0 to 1), for
+    these two floating-point values must also have no fraction (read separately); or
+    :func:`class_index_rule` (from -2 to the number of classes, exclusive)."""
     if rule == "continuous":
         return not math.isnan(low) and high <= 1.0
     if rule.startswith(_CLASS_INDEX_RULE):
         return low >= IGNORED_LABEL and high < int(rule[len(_CLASS_INDEX_RULE):])
     if rule in _SET_RULES:
         return low >= (-1 if rule == "ternary" else 0) and high <= 1
-    return math.isfinite(low) and math.isfinite(high) and (rule != "unit" or (low >= 0.0 and high <= 1.0))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return False
+    return (rule != "unit" or (low >= 0.0 and high <= 1.0)) and (rule != "nonnegative" or low >= 0.0)
 
 
 _EXPLAIN = {"ternary": check_ternary_targets, "binary": check_binary_targets, "unit": check_unit_interval,
-            "continuous": check_continuous_targets, "finite": check_finite}
+            "continuous": check_continuous_targets, "finite": check_finite, "nonnegative": check_nonnegative}
 
 
 def explain(values: Tensor, name: str, rule: str) -> None:

@@ -28,7 +28,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from ..distributed import resolve_context
 from ._precision import full_precision
-from ._reduction import check_reduction, weight_reduce_loss
+from ._reduction import avg_factor_checks, check_reduction, reduce_weighted
 from ._validation import IGNORED_LABEL, check_same_shape, check_tensor, class_index_rule, fused_checks
 
 __all__ = ["iou_balanced_focal_loss", "iou_balanced_smooth_l1_loss", "IoUBalancedFocalLoss",
@@ -90,17 +90,18 @@ def iou_balanced_focal_loss(
     targets = check_tensor(targets, "targets")
     given = check_tensor(ious, "ious", floating=True).detach()
     check_reduction(reduction)
+    extra_checks = avg_factor_checks(avg_factor, reduction)  # (read with the loss's own)
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     if logits.dim() >= 1 and targets.shape == logits.shape[:-1]:  # one class index per anchor
         focal, element_weight = _per_anchor_form(logits, targets, given, eta, alpha, gamma, compute_dtype,
-                                                 resolve_context(distributed))
+                                                 resolve_context(distributed), extra_checks)
     else:
         check_same_shape(targets, "targets", logits, "logits")
         focal, element_weight = _per_element_form(logits, targets, given, eta, alpha, gamma, compute_dtype,
-                                                  resolve_context(distributed))
+                                                  resolve_context(distributed), extra_checks)
     if weight is not None:
         element_weight = element_weight * weight.to(compute_dtype)
-    return weight_reduce_loss(focal, element_weight, reduction, avg_factor)
+    return reduce_weighted(focal, element_weight, reduction, avg_factor)
 
 
 def _iou_weight(ious: Tensor, eta: float, dtype: torch.dtype) -> Tensor:
@@ -118,8 +119,9 @@ def _normalised(iou_weight: Tensor, positive_focal: Tensor, context) -> Tensor:
 
 
 def _per_element_form(logits: Tensor, targets: Tensor, given: Tensor, eta: float, alpha: float, gamma: float,
-                      compute_dtype: torch.dtype, context) -> tuple[Tensor, Tensor]:
-    """Targets 1 / 0 / -1 per element: the focal terms and the (detached) element weights."""
+                      compute_dtype: torch.dtype, context, extra_checks: list) -> tuple[Tensor, Tensor]:
+    """Targets 1 / 0 / -1 per element: the focal terms and the (detached) element weights;
+    ``extra_checks`` are read back with the loss's own value checks."""
     ious = _broadcast_ious(given, logits, "ious")  # one per anchor: a view, no copy
     t = targets.to(compute_dtype)
     kept = t >= 0  # not ignored
@@ -128,7 +130,7 @@ def _per_element_form(logits: Tensor, targets: Tensor, given: Tensor, eta: float
     at_positives = (torch.where(positive.any(-1), given, 0.5) if ious.shape != given.shape
                     else torch.where(positive, ious, 0.5))
     fused_checks((logits, "logits", "finite"), (t, "targets", "ternary"),
-                 (at_positives, "ious at the positives", "unit"))
+                 (at_positives, "ious at the positives", "unit"), *extra_checks)
     focal = sigmoid_focal_loss(logits.to(compute_dtype), t.clamp_min(0.0), alpha=alpha, gamma=gamma,
                                reduction="none")
     with torch.no_grad():
@@ -144,7 +146,7 @@ def _per_element_form(logits: Tensor, targets: Tensor, given: Tensor, eta: float
 
 
 def _per_anchor_form(logits: Tensor, labels: Tensor, given: Tensor, eta: float, alpha: float, gamma: float,
-                     compute_dtype: torch.dtype, context) -> tuple[Tensor, Tensor]:
+                     compute_dtype: torch.dtype, context, extra_checks: list) -> tuple[Tensor, Tensor]:
     """Class indices per anchor (``-1`` background, ``-2`` ignored): every look-up at the positives
     is a gather along the classes, one element per anchor; the element weights are the anchors'
     (1, or 0 where ignored) with the positives' ``u^eta Z`` scattered in."""
@@ -164,7 +166,7 @@ def _per_anchor_form(logits: Tensor, labels: Tensor, given: Tensor, eta: float, 
     index = labels.clamp(min=0).unsqueeze(-1)  # each anchor's class (0 where none: masked out)
     ious = given if given.shape == labels.shape else given.gather(-1, index).squeeze(-1)
     fused_checks((logits, "logits", "finite"), (labels, "targets", class_index_rule(logits.shape[-1])),
-                 (torch.where(positive, ious, 0.5), "ious at the positives", "unit"))
+                 (torch.where(positive, ious, 0.5), "ious at the positives", "unit"), *extra_checks)
     positive_value = positive.unsqueeze(-1).to(compute_dtype)
     t = torch.zeros(logits.shape, dtype=compute_dtype, device=logits.device).scatter_(-1, index, positive_value)
     focal = sigmoid_focal_loss(logits.to(compute_dtype), t, alpha=alpha, gamma=gamma, reduction="none")
@@ -208,8 +210,8 @@ def iou_balanced_smooth_l1_loss(
     target = check_tensor(target, "target", floating=True)
     check_same_shape(target, "target", pred, "pred")
     ious = _broadcast_ious(check_tensor(ious, "ious", floating=True), pred, "ious")
-    fused_checks((pred, "pred", "finite"), (ious, "ious", "unit"))
     check_reduction(reduction)
+    fused_checks((pred, "pred", "finite"), (ious, "ious", "unit"), *avg_factor_checks(avg_factor, reduction))
     compute_dtype = torch.promote_types(pred.dtype, torch.float32)
     loss = F.smooth_l1_loss(pred.to(compute_dtype), target.to(compute_dtype), beta=beta, reduction="none")
     with torch.no_grad():
@@ -222,7 +224,7 @@ def iou_balanced_smooth_l1_loss(
                 torch.stack([base.sum(), (loss * element_weight).sum()]).to(torch.float64)
             )
             element_weight = element_weight * _safe_ratio(sums[0], sums[1]).to(compute_dtype)
-    return weight_reduce_loss(loss, element_weight, reduction, avg_factor)
+    return reduce_weighted(loss, element_weight, reduction, avg_factor)
 
 
 class IoUBalancedFocalLoss(nn.Module):
