@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import detlosses
+from detlosses.losses import weight_reduce_loss
 
 X = torch.randn(6, 2)
 T = torch.tensor([[1, 0], [0, 0], [1, -1], [0, 0], [0, 1], [0, 0]])
@@ -142,10 +143,10 @@ def test_ghm_and_iou_balanced_inputs():
 def test_weight_reduce_loss_helper():
     """The public mmdetection-style helper: the same avg_factor rules as the losses built on it."""
     loss = torch.tensor([1.0, 2.0, 3.0])
-    assert detlosses.weight_reduce_loss(loss, avg_factor=torch.tensor(2.0)).item() == 3.0
-    assert detlosses.weight_reduce_loss(torch.zeros(0)).item() == 0.0  # the mean of nothing
-    assert detlosses.weight_reduce_loss(torch.zeros(0), avg_factor=0.0).item() == 0.0
+    assert weight_reduce_loss(loss, avg_factor=torch.tensor(2.0)).item() == 3.0
+    assert weight_reduce_loss(torch.zeros(0)).item() == 0.0  # the mean of nothing
+    assert weight_reduce_loss(torch.zeros(0), avg_factor=0.0).item() == 0.0
     with pytest.raises(ValueError, match="avg_factor must be >= 0, got -1"):
-        detlosses.weight_reduce_loss(loss, avg_factor=torch.tensor(-1.0))
+        weight_reduce_loss(loss, avg_factor=torch.tensor(-1.0))
     with pytest.raises(ValueError, match="avg_factor must be a finite number >= 0, got -3.0"):
-        detlosses.weight_reduce_loss(loss, avg_factor=-3)
+        weight_reduce_loss(loss, avg_factor=-3)
