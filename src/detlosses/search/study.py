@@ -37,9 +37,11 @@ def open_storage(url: str):
 
         return JournalStorage(JournalFileBackend(url[len("journal:"):]))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                                          engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
-                                          else None)
+        with warnings.catch_warnings():  # the heartbeat (which fails a killed worker's trials) is ours to choose
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                                              engine_kwargs={"connect_args": {"timeout": 60}}
+                                              if url.startswith("sqlite") else None)
     raise ValueError(f"unsupported storage {url!r}: use an Optuna RDB URL (sqlite:///..., postgresql://...) "
                      "or journal:<file>")
 
