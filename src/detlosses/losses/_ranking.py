@@ -38,7 +38,7 @@ from torch import Tensor
 from ..distributed import DistributedContext
 from ..ranking.engine import AdjointTable, HingeKernels, PointSet, Windows, cpu_fast_paths_enabled, working_dtype
 from . import _graphs
-from ._validation import check_same_shape, check_tensor, read_with_checks, validate_args_enabled
+from ._validation import check_same_shape, check_tensor, read_with_checks, score_rule, validate_args_enabled
 
 __all__ = [
     "RankingBatch", "RankingGradients", "ValueCheck", "prepare", "identity_update", "no_positive_values", "ranked",
@@ -210,7 +210,7 @@ class RankingBatch:
 
 
 def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor | None, continuous: bool,
-                  checks: Sequence[ValueCheck], counted: int | None = None) -> int:
+                  checks: Sequence[ValueCheck], kernels: HingeKernels, counted: int | None = None) -> int:
     """Number of positives (``counted``: already known); with validation on, every value check read
     back with it at once (:func:`~._validation.read_with_checks`)."""
     if not validate_args_enabled():
@@ -218,7 +218,7 @@ def _fused_checks(flat_logits: Tensor, flat_targets: Tensor, positive: Tensor | 
     # on the CPU a boolean sum copies the mask to int64 first (70 ms at 16e6): count_nonzero there
     count = torch.count_nonzero if flat_logits.device.type == "cpu" else torch.sum
     read = read_with_checks([] if counted is not None else [count(positive)],
-                            (flat_logits, "logits", "finite"),
+                            (flat_logits, "logits", score_rule(kernels.score_limit(flat_logits.dtype))),
                             (flat_targets, "targets", "continuous" if continuous else "ternary"),
                             *((c.values, c.name, c.rule) for c in checks))
     return int(read[0]) if counted is None else counted
@@ -269,7 +269,7 @@ def _prepare(logits: Tensor, targets: Tensor, kernels: HingeKernels, context: Di
         positive = flat_targets > 0 if continuous else flat_targets == 1
         negative_mask = flat_targets == 0
     count = _fused_checks(flat_logits, flat_targets, positive, continuous,
-                          [check.resolved(positive, positive_index) for check in checks],
+                          [check.resolved(positive, positive_index) for check in checks], kernels,
                           None if positive_index is None else positive_index.numel())
     if before_windows is not None:
         before_windows(count)

@@ -36,6 +36,8 @@ __all__ = [
     "check_nonnegative",
     "check_class_indices",
     "class_index_rule",
+    "check_bounded",
+    "score_rule",
     "check_nonnegative_scalar",
     "BACKGROUND_LABEL",
     "IGNORED_LABEL",
@@ -174,6 +176,25 @@ def check_nonnegative(values: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be >= 0, got {low:g}")
 
 
+def check_bounded(values: Tensor, name: str, limit: float) -> None:
+    """All values finite and within ``[-limit, limit]`` (ranking scores: :func:`score_rule`)."""
+    if not _VALIDATE_ARGS or values.numel() == 0:
+        return
+    check_finite(values, name)
+    worst = float(values.detach().abs().max())
+    if worst > limit:
+        raise ValueError(
+            f"{name} reach {worst:.3g}: beyond +-{limit:.3g} the ranking loss's sums lose their precision "
+            "(float64 logits reach further); logits this large usually mean that the model has diverged"
+        )
+
+
+def score_rule(limit: float) -> str:
+    """The value-check rule of ranking scores: finite and within ``[-limit, limit]``
+    (:func:`check_bounded`; the limit: :meth:`~detlosses.ranking.HingeKernels.score_limit`)."""
+    return f"{_BOUNDED_RULE}{float(limit)!r}"
+
+
 def check_class_indices(labels: Tensor, name: str, num_classes: int) -> None:
     """Per-anchor class indices: each in ``[0, num_classes)`` (a positive's class), ``-1``
     (background) or ``-2`` (ignored)."""
@@ -206,6 +227,7 @@ def check_nonnegative_scalar(value: float, name: str) -> float:
 Check = tuple[Tensor, str, str]
 _SET_RULES = ("ternary", "binary")  # values from a small set of integers: a range, and no fraction
 _CLASS_INDEX_RULE = "class index <"  # + the number of classes: class_index_rule
+_BOUNDED_RULE = "finite within +-"  # + the limit: score_rule
 _PENDING = threading.local()  # .groups: the checks a deferred_checks block holds (per thread)
 Group = tuple[tuple[Check, ...], list[list[Tensor]]]  # the checks and, per check, its reductions
 
@@ -233,7 +255,8 @@ def fused_checks(*checks: Check) -> None:
 
     Each check is ``(values, name, rule)`` with ``rule`` ``"finite"`` (no NaN/Inf), ``"unit"``
     (finite, in ``[0, 1]``), ``"nonnegative"`` (finite, ``>= 0``), ``"ternary"`` (1, 0 or -1), ``"binary"`` (0 or 1) or
-    :func:`class_index_rule` (per-anchor class indices, -1 and -2 included). Their reductions
+    :func:`class_index_rule` (per-anchor class indices, -1 and -2 included) or :func:`score_rule`
+    (finite ranking scores within a limit). Their reductions
     are stacked and read back at once — or, inside :func:`deferred_checks`, when the block ends;
     only when one fails are the detailed checks run, to name the problem.
     """
@@ -289,11 +312,15 @@ def range_passes(rule: str, low: float, high: float) -> bool:
     (finite, in ``[0, 1]``), ``"nonnegative"`` (finite, ``>= 0``), ``"continuous"`` (Rank & Sort
     targets: no NaN, at most 1), ``"ternary"`` (from -1 to 1) or ``"binary"`` (from 0 to 1), for
     these two floating-point values must also have no fraction (read separately); or
-    :func:`class_index_rule` (from -2 to the number of classes, exclusive)."""
+    :func:`class_index_rule` (from -2 to the number of classes, exclusive); or :func:`score_rule`
+    (finite, within its limit)."""
     if rule == "continuous":
         return not math.isnan(low) and high <= 1.0
     if rule.startswith(_CLASS_INDEX_RULE):
         return low >= IGNORED_LABEL and high < int(rule[len(_CLASS_INDEX_RULE):])
+    if rule.startswith(_BOUNDED_RULE):
+        limit = float(rule[len(_BOUNDED_RULE):])
+        return math.isfinite(low) and math.isfinite(high) and -limit <= low and high <= limit
     if rule in _SET_RULES:
         return low >= (-1 if rule == "ternary" else 0) and high <= 1
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -310,6 +337,9 @@ def explain(values: Tensor, name: str, rule: str) -> None:
     (run only once a fused read has failed: it reads the device itself)."""
     if rule.startswith(_CLASS_INDEX_RULE):
         check_class_indices(values, name, int(rule[len(_CLASS_INDEX_RULE):]))
+        return
+    if rule.startswith(_BOUNDED_RULE):
+        check_bounded(values, name, float(rule[len(_BOUNDED_RULE):]))
         return
     _EXPLAIN[rule](values, name)
 

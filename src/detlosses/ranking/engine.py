@@ -44,6 +44,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -207,6 +208,25 @@ class HingeKernels:
 
     def tensors(self, dtype: torch.dtype, device: torch.device) -> _KernelTensors:
         return _kernel_tensors(self, dtype, device)
+
+    def score_limit(self, dtype: torch.dtype) -> float:
+        """The largest ``|score|`` of ``dtype`` logits the sums are meant for: ``2^23`` (float32 and
+        narrower scores) or ``2^30`` (float64) times the breakpoints' finest spacing. Beyond, the
+        windows' edges ``q + a_r`` are no longer resolved by float32 scores (one ulp reaches the
+        spacing) and the float64 moments cancel: measured on 2,000-50,000 random logits, AP-Loss and
+        Rank & Sort (spacings 2 and 1) are exact to 1e-7 up to 6e6 in float32 and 1e-4 to 2e-1 off
+        at 1e7; in float64 (the moments' cancellation grows with the scores and the batch) 1e-5 off
+        at 1e10 in a dense cluster of 3,000, 1e-2 at 1e15, and from 1e17 they return a loss of 0.
+        Parameterized AP's searched breakpoints (spacing 0.002-0.01, not binary fractions) are
+        rounded at any score: its gradient at a point within one float32 ulp of a window's edge takes
+        the neighbouring piece's slope (largest gradient off by 2e-4 in a dense cluster at 100;
+        7e-3 at 6e4, within the limit; 7e-2 at 2e5, beyond it)."""
+        return self.finest_spacing * (2.0**30 if working_dtype(dtype) == torch.float64 else 2.0**23)
+
+    @functools.cached_property
+    def finest_spacing(self) -> float:
+        """The smallest distance between two distinct breakpoints (1 for a single one)."""
+        return min((b - a for a, b in pairwise(sorted(set(self.breakpoints)))), default=1.0)
 
 
 @dataclass(frozen=True)
