@@ -177,12 +177,12 @@ def check_nonnegative(values: Tensor, name: str) -> None:
 
 
 def check_bounded(values: Tensor, name: str, limit: float) -> None:
-    """All values finite and within ``[-limit, limit]`` (ranking scores: :func:`score_rule`)."""
+    """All values finite and within ``(-limit, limit)`` (ranking scores: :func:`score_rule`)."""
     if not _VALIDATE_ARGS or values.numel() == 0:
         return
     check_finite(values, name)
     worst = float(values.detach().abs().max())
-    if worst > limit:
+    if worst >= limit:
         raise ValueError(
             f"{name} reach {worst:.3g}: beyond +-{limit:.3g} the ranking loss's sums lose their precision "
             "(float64 logits reach further); logits this large usually mean that the model has diverged"
@@ -190,7 +190,7 @@ def check_bounded(values: Tensor, name: str, limit: float) -> None:
 
 
 def score_rule(limit: float) -> str:
-    """The value-check rule of ranking scores: finite and within ``[-limit, limit]``
+    """The value-check rule of ranking scores: finite and within ``(-limit, limit)``
     (:func:`check_bounded`; the limit: :meth:`~detlosses.ranking.HingeKernels.score_limit`)."""
     return f"{_BOUNDED_RULE}{float(limit)!r}"
 
@@ -320,7 +320,7 @@ def range_passes(rule: str, low: float, high: float) -> bool:
         return low >= IGNORED_LABEL and high < int(rule[len(_CLASS_INDEX_RULE):])
     if rule.startswith(_BOUNDED_RULE):
         limit = float(rule[len(_BOUNDED_RULE):])
-        return math.isfinite(low) and math.isfinite(high) and -limit <= low and high <= limit
+        return math.isfinite(low) and math.isfinite(high) and -limit < low and high < limit
     if rule in _SET_RULES:
         return low >= (-1 if rule == "ternary" else 0) and high <= 1
     if not (math.isfinite(low) and math.isfinite(high)):

@@ -210,18 +210,28 @@ class HingeKernels:
         return _kernel_tensors(self, dtype, device)
 
     def score_limit(self, dtype: torch.dtype) -> float:
-        """The largest ``|score|`` of ``dtype`` logits the sums are meant for: ``2^23`` (float32 and
-        narrower scores) or ``2^30`` (float64) times the breakpoints' finest spacing. Beyond, the
-        windows' edges ``q + a_r`` are no longer resolved by float32 scores (one ulp reaches the
-        spacing) and the float64 moments cancel: measured on 2,000-50,000 random logits, AP-Loss and
-        Rank & Sort (spacings 2 and 1) are exact to 1e-7 up to 6e6 in float32 and 1e-4 to 2e-1 off
-        at 1e7; in float64 (the moments' cancellation grows with the scores and the batch) 1e-5 off
-        at 1e10 in a dense cluster of 3,000, 1e-2 at 1e15, and from 1e17 they return a loss of 0.
-        Parameterized AP's searched breakpoints (spacing 0.002-0.01, not binary fractions) are
-        rounded at any score: its gradient at a point within one float32 ulp of a window's edge takes
-        the neighbouring piece's slope (largest gradient off by 2e-4 in a dense cluster at 100;
-        7e-3 at 6e4, within the limit; 7e-2 at 2e5, beyond it)."""
-        return self.finest_spacing * (2.0**30 if working_dtype(dtype) == torch.float64 else 2.0**23)
+        """The largest ``|score|`` of ``dtype`` logits the sums are meant for (exclusive): ``2^30``
+        times the breakpoints' finest spacing, where the float64 moments start to cancel, or
+        ``2^23`` times it for float32 (and narrower) scores whose edges ``q + a_r`` are kept as
+        float32 numbers (:attr:`float32_edges_exact`), where one ulp reaches the spacing. Measured
+        on 2,000-50,000 random logits, AP-Loss and Rank & Sort (spacings 2 and 1): float32 exact to
+        1e-7 up to 6e6 and 1e-4 to 2e-1 off at 1e7; float64 1e-5 off at 1e10 in a dense cluster of
+        3,000 (the cancellation grows with the scores and the batch), 1e-2 at 1e15, and a loss of 0
+        from 1e17. Parameterized AP (float32 edges rounded down, spacing 0.002-0.01): exact to 1e-7
+        up to 1e6."""
+        if working_dtype(dtype) == torch.float32 and self.float32_edges_exact:
+            return self.finest_spacing * 2.0**23
+        return self.finest_spacing * 2.0**30
+
+    @functools.cached_property
+    def float32_edges_exact(self) -> bool:
+        """Whether ``q + a_r`` is a float32 number for every float32 score ``|q| < 2^23 x`` the
+        finest spacing: every breakpoint is a multiple of the float32 spacing just below that
+        (AP-Loss's and Rank & Sort's ``+-delta`` for a binary fraction ``delta``: yes; other deltas
+        and Parameterized AP's searched breakpoints: no, their edges are rounded down to the float32
+        threshold that sorts float32 points exactly, :meth:`Windows._float32_thresholds`)."""
+        grain = 2.0 ** (math.ceil(math.log2(self.finest_spacing * 2.0**23)) - 24)
+        return all(math.fmod(b, grain) == 0.0 for b in self.breakpoints)
 
     @functools.cached_property
     def finest_spacing(self) -> float:
@@ -358,12 +368,18 @@ class Windows:
     def __init__(self, queries: Tensor, kernels: HingeKernels, points: Tensor | None = None) -> None:
         self.kernels = kernels
         self.tables = kernels.tensors(queries.dtype, queries.device)
-        edges = torch.add(self.tables.offsets, queries)  # (m, P): edge (r, i) is a_r + q_i
-        # "x above a closed edge e" is "x >= e", i.e. "x > e - 1 ulp" for scores of this dtype
-        if self.tables.all_closed:
-            edges = torch.nextafter(edges, self.tables.minus_infinity)
-        elif self.tables.closed is not None:
-            edges = torch.where(self.tables.closed, torch.nextafter(edges, self.tables.minus_infinity), edges)
+        # each edge's polynomial in x above it is written in the exact negated edge -(q_i + a_r)
+        # (float64; the float32 scores promote exactly)
+        negated = torch.sub(self.tables.negated_offsets64, queries)
+        if queries.dtype == torch.float64 or kernels.float32_edges_exact:
+            edges = torch.add(self.tables.offsets, queries)  # (m, P): edge (r, i) is a_r + q_i, exactly
+            # "x above a closed edge e" is "x >= e", i.e. "x > e - 1 ulp" for scores of this dtype
+            if self.tables.all_closed:
+                edges = torch.nextafter(edges, self.tables.minus_infinity)
+            elif self.tables.closed is not None:
+                edges = torch.where(self.tables.closed, torch.nextafter(edges, self.tables.minus_infinity), edges)
+        else:  # edges between float32 numbers: the float32 threshold that sorts every float32 point
+            edges = self._float32_thresholds(negated)
         self.sorted_edges, self.order = torch.sort(edges.view(-1))
         self.num_edges = self.sorted_edges.numel()
         # A point is above edge e iff its bucket (number of edges strictly below it) is at least
@@ -383,9 +399,8 @@ class Windows:
             self.sorted_edges = torch.cat([torch.lerp(low, lowest, fractions), self.sorted_edges])
             self.spread = _SPREAD_EDGES
         self.num_buckets = self.num_edges + self.spread + 1
-        # each edge's polynomial in x above it, by Horner in the exact negated edge -(q_i + a_r)
-        # (float64; the float32 scores promote exactly): beta[(k,) j, r, i], the coefficient of x^j
-        negated = torch.sub(self.tables.negated_offsets64, queries)
+        # each edge's polynomial in x above it, by Horner in the exact negated edge: beta[(k,) j, r, i],
+        # the coefficient of x^j
         coefficients = self.tables.power_coefficients
         beta = coefficients[-1]
         for power in range(len(coefficients) - 2, -1, -1):
@@ -394,6 +409,25 @@ class Windows:
         self._betas: tuple[Tensor, ...] | None = None
         self._grid: _Grid | None = None
         self._reference: tuple[Tensor, Tensor] | None = None
+
+    def _float32_thresholds(self, negated: Tensor) -> Tensor:
+        """For edges ``E = q + a`` that are not float32 numbers (Parameterized AP's searched
+        breakpoints): the largest float32 number ``t`` with "float32 ``x`` above ``E``" exactly when
+        ``x > t``, i.e. ``E`` rounded down (``x > E`` iff ``x > t`` for every float32 ``x``), one ulp
+        lower where ``E`` is a closed edge and a float32 number. Rounded to nearest instead, a point
+        within half an ulp of an edge fell on the wrong side and took the next piece's slope (the
+        largest gradient 6e-5 off at early-training logits, N = 4e4)."""
+        rounded = negated.to(torch.float32)  # -E to nearest: -t is it, or one ulp higher
+        back = rounded.to(torch.float64)
+        tables = self.tables
+        if tables.all_closed:
+            high = back <= negated  # E <= the rounded E: E itself (closed) or above it
+        elif tables.closed is None:
+            high = back < negated  # E < the rounded E
+        else:
+            high = torch.where(tables.closed, back <= negated, back < negated)
+        edges = rounded.neg_()
+        return torch.where(high, torch.nextafter(edges, tables.minus_infinity), edges)
 
     # ------------------------------------------------------------------ points
     def points(self, scores: Tensor, keep: Tensor | None = None, buckets: Tensor | None = None,
