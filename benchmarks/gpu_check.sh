@@ -39,7 +39,7 @@ $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 step "CUDA tests"
 [ "$DEVICE" = cuda ] && timeout 150 $PY -m pytest -q -p no:cacheprovider -o addopts= tests/losses/test_dtypes_devices.py \
   tests/losses/test_autocast.py tests/losses/test_ranking_engine.py tests/losses/test_static_shapes.py \
-  tests/losses/test_deterministic_algorithms.py 2>&1 | tail -8
+  tests/losses/test_deterministic_algorithms.py tests/losses/test_float32_edges.py 2>&1 | tail -8
 
 step "CUDA graphs: eager vs graphs, a different number of positives every call"
 timeout 150 $PY -m benchmarks.cuda_graphs --device "$DEVICE" "${GRAPH_SIZES[@]}" --json "$OUT/cuda_graphs.json"

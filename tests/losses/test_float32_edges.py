@@ -43,23 +43,28 @@ def test_thresholds_sort_float32_points_as_the_exact_edges_do(kernels):
     assert torch.equal(near > thresholds[:, None], above)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["cpu_fast_path", "device_path"])
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("fast", [True, False, pytest.param("cuda", marks=CUDA)],
+                         ids=["cpu_fast_path", "device_path", "cuda"])
 @pytest.mark.parametrize("preset", ["retinanet", "faster_rcnn_rpn"])
 def test_parameterized_ap_gradients_at_float32_early_training_logits(preset, fast):
+    device = "cuda" if fast == "cuda" else "cpu"
     g = torch.Generator().manual_seed(0)
     n = 40_000
     logits = (torch.randn(n, generator=g, dtype=torch.float64) - 4.6).float()
     targets = (torch.rand(n, generator=g) < 0.005).float()
     ious = torch.rand(n, generator=g, dtype=torch.float64)
-    set_cpu_fast_paths(fast)
+    set_cpu_fast_paths(fast is True)
     try:
-        x = logits.clone().requires_grad_()
-        detlosses.parameterized_ap_loss(x, targets, ious.float(), params=preset).backward()
+        x = logits.to(device, copy=True).requires_grad_()
+        detlosses.parameterized_ap_loss(x, targets.to(device), ious.float().to(device), params=preset).backward()
     finally:
         set_cpu_fast_paths(True)
     xr = logits.double().requires_grad_()
     reference.parameterized_ap_loss(xr, targets, ious, "searched", PRESETS[preset].control_points.tolist()).backward()
-    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-5, atol=1e-6 * float(xr.grad.abs().max()))
+    torch.testing.assert_close(x.grad.double().cpu(), xr.grad, rtol=1e-5, atol=1e-6 * float(xr.grad.abs().max()))
 
 
 def test_ap_loss_with_a_delta_that_is_no_binary_fraction():
