@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from torch import Tensor
 
 import detlosses
 from detlosses.losses import weight_reduce_loss
@@ -150,3 +151,23 @@ def test_weight_reduce_loss_helper():
         weight_reduce_loss(loss, avg_factor=torch.tensor(-1.0))
     with pytest.raises(ValueError, match="avg_factor must be a finite number >= 0, got -3.0"):
         weight_reduce_loss(loss, avg_factor=-3)
+
+
+def test_weights_of_the_elementwise_losses():
+    """A weight of the loss's shape or one per anchor / box; anything else, NaN, Inf or a negative
+    weight is named (before: a raw broadcasting error, or a NaN or negative loss)."""
+    logits, targets, ious = torch.randn(10, 3), torch.zeros(10, 3), torch.rand(10, 3)
+    deltas = torch.randn(10, 4)
+    for bad, message in ((torch.ones(7), r"weight must have the shape of logits \(10, 3\) or \(10,\), got \(7,\)"),
+                         ("w", "weight must be a torch.Tensor, got str"),
+                         (torch.full((10, 3), float("nan")), "weight contains NaN"),
+                         (torch.full((10,), float("inf")), "weight contains Inf"),
+                         (-torch.ones(10, 3), "weight must be >= 0, got -1")):
+        with pytest.raises(ValueError, match=message):
+            detlosses.iou_balanced_focal_loss(logits, targets, ious, weight=bad)
+        with pytest.raises(ValueError, match=message.replace("logits", "pred").replace("10, 3", "10, 4")):
+            detlosses.iou_balanced_smooth_l1_loss(deltas, deltas * 0, ious[:, 0],
+                                                  weight=bad if not isinstance(bad, Tensor) or bad.shape != (10, 3)
+                                                  else bad[:, :1].expand(10, 4))
+    with pytest.raises(ValueError, match=r"weight must have the shape of logits \(10, 3\) or \(10,\), got \(3,\)"):
+        detlosses.GHMC()(logits, targets, torch.ones(3))

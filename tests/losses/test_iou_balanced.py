@@ -84,6 +84,24 @@ def test_no_element_no_positive_and_a_zero_avg_factor_give_zero_not_nan():
                                detlosses.iou_balanced_focal_loss(logits, targets, ious, avg_factor=7.0))
 
 
+def test_one_weight_per_anchor_or_box_applies_to_its_row():
+    """mmdetection views an (N,) weight as (N, 1): with as many classes as anchors (3 x 3) a plain
+    broadcast would have scaled the classes instead."""
+    logits, targets, ious = cls_batch(6, n=3, c=3)
+    targets[0, 0] = targets[1, 2] = 1.0
+    per_anchor = torch.tensor([0.5, 2.0, 0.0], dtype=torch.float64)
+    for reduction in ("sum", "none"):
+        got = detlosses.iou_balanced_focal_loss(logits, targets, ious, weight=per_anchor, reduction=reduction)
+        want = detlosses.iou_balanced_focal_loss(logits, targets, ious, weight=per_anchor[:, None].expand(3, 3),
+                                                 reduction=reduction)
+        torch.testing.assert_close(got, want)
+    deltas, target = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    box_ious = torch.rand(3, dtype=torch.float64)
+    torch.testing.assert_close(
+        detlosses.iou_balanced_smooth_l1_loss(deltas, target, box_ious, weight=per_anchor),
+        detlosses.iou_balanced_smooth_l1_loss(deltas, target, box_ious, weight=per_anchor[:, None].expand(3, 4)))
+
+
 def test_a_tensor_avg_factor_is_checked_in_the_losss_one_read(monkeypatch):
     from detlosses.losses import _validation
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._validation import Check, check_nonnegative_scalar, fused_checks
+from ._validation import Check, check_nonnegative_scalar, check_tensor, fused_checks
 
-__all__ = ["REDUCTIONS", "check_reduction", "weight_reduce_loss", "avg_factor_checks", "reduce_weighted"]
+__all__ = ["REDUCTIONS", "check_reduction", "weight_reduce_loss", "avg_factor_checks", "reduce_weighted",
+           "shaped_weight"]
 
 REDUCTIONS = ("none", "mean", "sum")
 _EPS = torch.finfo(torch.float32).eps  # the smallest avg_factor divided by (mmdetection's eps)
@@ -17,6 +18,23 @@ def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
+
+
+def shaped_weight(weight: object, like: Tensor, like_name: str) -> tuple[Tensor, list[Check]]:
+    """An mmdetection ``weight`` for a loss shaped like ``like``: of that shape, or one per row
+    (``like.shape[:-1]``: per anchor over its classes, per box over its four deltas, as mmdetection
+    views an ``(N,)`` weight as ``(N, 1)``), returned as a view that broadcasts; anything else is an
+    error, never a broadcast along the wrong dimension (``(3,)`` against ``(3, 3)`` would scale the
+    classes). Also returns the value check of the weights (finite, ``>= 0``), to read back with the
+    loss's own checks."""
+    weight = check_tensor(weight, "weight")
+    if weight.shape != like.shape:
+        if like.dim() < 1 or weight.shape != like.shape[:-1]:
+            raise ValueError(f"weight must have the shape of {like_name} {tuple(like.shape)} or "
+                             f"{tuple(like.shape[:-1])}, got {tuple(weight.shape)}")
+        weight = weight.unsqueeze(-1)
+    checks = [] if weight.dtype == torch.bool else [(weight, "weight", "nonnegative")]
+    return weight, checks
 
 
 def avg_factor_checks(avg_factor: float | Tensor | None, reduction: str) -> list[Check]:

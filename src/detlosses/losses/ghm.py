@@ -36,7 +36,7 @@ from torch import Tensor
 from ..distributed import DistributedContext, resolve_context, union_sum
 from ..ranking.engine import interleaved_lanes
 from ._precision import full_precision
-from ._reduction import check_reduction
+from ._reduction import check_reduction, shaped_weight
 from ._statistics import Float64Statistics
 from ._validation import check_same_shape, check_tensor, fused_checks, validate_args_enabled
 
@@ -220,12 +220,8 @@ class GHMC(_GHMBase):
         check_same_shape(targets, "targets", logits, "logits")
         if weight is None:
             weight = torch.ones_like(logits)
-        elif weight.shape != logits.shape:
-            if weight.dim() == logits.dim() - 1 and weight.shape == logits.shape[:-1]:
-                weight = weight[..., None].expand_as(logits)
-            else:
-                raise ValueError(f"weight must have the shape of logits {tuple(logits.shape)} or "
-                                 f"{tuple(logits.shape[:-1])}, got {tuple(weight.shape)}")
+        else:  # (a label weight: the elements with weight > 0 count; its values need no check)
+            weight = shaped_weight(weight, logits, "logits")[0].expand_as(logits)
         compute_dtype = torch.promote_types(logits.dtype, torch.float32)
         x = logits.to(compute_dtype)
         t = targets.to(compute_dtype)

@@ -28,7 +28,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from ..distributed import resolve_context
 from ._precision import full_precision
-from ._reduction import avg_factor_checks, check_reduction, reduce_weighted
+from ._reduction import avg_factor_checks, check_reduction, reduce_weighted, shaped_weight
 from ._validation import IGNORED_LABEL, check_same_shape, check_tensor, class_index_rule, fused_checks
 
 __all__ = ["iou_balanced_focal_loss", "iou_balanced_smooth_l1_loss", "IoUBalancedFocalLoss",
@@ -91,6 +91,9 @@ def iou_balanced_focal_loss(
     given = check_tensor(ious, "ious", floating=True).detach()
     check_reduction(reduction)
     extra_checks = avg_factor_checks(avg_factor, reduction)  # (read with the loss's own)
+    if weight is not None:
+        weight, weight_checks = shaped_weight(weight, logits, "logits")
+        extra_checks += weight_checks
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     if logits.dim() >= 1 and targets.shape == logits.shape[:-1]:  # one class index per anchor
         focal, element_weight = _per_anchor_form(logits, targets, given, eta, alpha, gamma, compute_dtype,
@@ -211,7 +214,11 @@ def iou_balanced_smooth_l1_loss(
     check_same_shape(target, "target", pred, "pred")
     ious = _broadcast_ious(check_tensor(ious, "ious", floating=True), pred, "ious")
     check_reduction(reduction)
-    fused_checks((pred, "pred", "finite"), (ious, "ious", "unit"), *avg_factor_checks(avg_factor, reduction))
+    weight_checks = []
+    if weight is not None:
+        weight, weight_checks = shaped_weight(weight, pred, "pred")
+    fused_checks((pred, "pred", "finite"), (ious, "ious", "unit"), *avg_factor_checks(avg_factor, reduction),
+                 *weight_checks)
     compute_dtype = torch.promote_types(pred.dtype, torch.float32)
     loss = F.smooth_l1_loss(pred.to(compute_dtype), target.to(compute_dtype), beta=beta, reduction="none")
     with torch.no_grad():
