@@ -218,14 +218,17 @@ class GHMC(_GHMBase):
         if targets.dim() == logits.dim() - 1 and not targets.is_floating_point():
             targets, weight = _expand_onehot(targets, weight, logits.shape[-1])
         check_same_shape(targets, "targets", logits, "logits")
+        weight_checks = []
         if weight is None:
             weight = torch.ones_like(logits)
-        else:  # (a label weight: the elements with weight > 0 count; its values need no check)
-            weight = shaped_weight(weight, logits, "logits")[0].expand_as(logits)
+        else:  # a label weight: the elements with weight > 0 count
+            weight, weight_checks = shaped_weight(weight, logits, "logits")
+            if weight.shape != logits.shape:
+                weight = weight.expand_as(logits)
         compute_dtype = torch.promote_types(logits.dtype, torch.float32)
         x = logits.to(compute_dtype)
         t = targets.to(compute_dtype)
-        fused_checks((x, "logits", "finite"), (t, "GHMC targets", "binary"))  # one read, or deferred
+        fused_checks((x, "logits", "finite"), (t, "GHMC targets", "binary"), *weight_checks)  # one read, or deferred
         valid = weight > 0
         context = resolve_context(self.distributed)
         tot = context.all_reduce_sum(valid.sum().to(torch.float64)).clamp_min(1).to(compute_dtype)
@@ -267,10 +270,13 @@ class GHMR(_GHMBase):
         pred = check_tensor(pred, "pred", floating=True)
         target = check_tensor(target, "target", floating=True)
         check_same_shape(target, "target", pred, "pred")
-        fused_checks((pred, "pred", "finite"), (target, "target", "finite"))
+        weight_checks = []
         if weight is None:
             weight = torch.ones_like(pred)
-        check_same_shape(weight, "weight", pred, "pred")
+        else:
+            check_same_shape(weight, "weight", pred, "pred")
+            weight_checks = [(weight, "weight", "nonnegative")]
+        fused_checks((pred, "pred", "finite"), (target, "target", "finite"), *weight_checks)
         compute_dtype = torch.promote_types(pred.dtype, torch.float32)
         diff = pred.to(compute_dtype) - target.to(compute_dtype)
         mu2 = self.mu * self.mu
