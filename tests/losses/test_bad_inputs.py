@@ -171,3 +171,13 @@ def test_weights_of_the_elementwise_losses():
                                                   else bad[:, :1].expand(10, 4))
     with pytest.raises(ValueError, match=r"weight must have the shape of logits \(10, 3\) or \(10,\), got \(3,\)"):
         detlosses.GHMC()(logits, targets, torch.ones(3))
+
+
+@pytest.mark.parametrize("bad, message", [(float("nan"), "weight contains NaN"), (float("inf"), "weight contains Inf"),
+                                          (-1.0, "weight must be >= 0, got -1")])
+def test_ghm_label_weights_are_checked(bad, message):
+    """Before: a NaN weight gave GHM-R a NaN loss, an infinite one GHM-C a finite, wrong one."""
+    with pytest.raises(ValueError, match=message):
+        detlosses.ghmc_loss(torch.randn(10, 3), torch.zeros(10, 3), torch.full((10, 3), bad))
+    with pytest.raises(ValueError, match=message):
+        detlosses.ghmr_loss(torch.randn(10, 4), torch.zeros(10, 4), torch.full((10, 4), bad))
