@@ -184,8 +184,8 @@ def check_bounded(values: Tensor, name: str, limit: float) -> None:
     worst = float(values.detach().abs().max())
     if worst >= limit:
         raise ValueError(
-            f"{name} reach {worst:.3g}: beyond +-{limit:.3g} the ranking loss's sums lose their precision "
-            "(float64 logits reach further); logits this large usually mean that the model has diverged"
+            f"{name} reach {worst:.3g}: beyond +-{limit:.3g} the ranking loss's sums lose their precision; "
+            "logits this large usually mean that the model has diverged"
         )
 
 
