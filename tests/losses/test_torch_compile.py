@@ -92,3 +92,13 @@ def test_elementwise_losses_are_compiled_like_eager(momentum=0.75):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(modules[1].ema, modules[0].ema)
     torch.testing.assert_close(ghmr[1].ema, ghmr[0].ema)
+
+
+def test_fullgraph_names_the_loss_and_why():
+    from detlosses.losses._compiler import _OPTIONS
+
+    compiled = torch.compile(lambda x, t: detlosses.ap_loss(x * 1.0, t), backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match="ap_loss") as raised:
+        compiled(torch.randn(100), (torch.rand(100) < 0.1).float())
+    if _OPTIONS:
+        assert "reads its number of positives" in str(raised.value)

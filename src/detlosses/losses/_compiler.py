@@ -13,6 +13,7 @@ loss as the break. The elementwise losses (GHM, IoU-balanced) stay traceable.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,7 +23,12 @@ __all__ = ["runs_eagerly"]
 
 F = TypeVar("F", bound=Callable)
 
+_REASON = ("a ranking loss reads its number of positives back and sizes its work by it; it runs eagerly "
+           "(compile with fullgraph=False)")
+# (``reason`` is not in every torch version's signature: without it the message names the function only)
+_OPTIONS = {"reason": _REASON} if "reason" in inspect.signature(torch.compiler.disable).parameters else {}
+
 
 def runs_eagerly(fn: F) -> F:
     """``fn``, never traced by ``torch.compile`` (nor anything it calls)."""
-    return torch.compiler.disable(fn, recursive=True)  # type: ignore[return-value]
+    return torch.compiler.disable(fn, recursive=True, **_OPTIONS)  # type: ignore[return-value]
