@@ -20,13 +20,15 @@ def check_reduction(reduction: str) -> str:
     return reduction
 
 
-def shaped_weight(weight: object, like: Tensor, like_name: str) -> tuple[Tensor, list[Check]]:
+def shaped_weight(weight: object, like: Tensor, like_name: str) -> tuple[Tensor | None, list[Check]]:
     """An mmdetection ``weight`` for a loss shaped like ``like``: of that shape, or one per row
     (``like.shape[:-1]``: per anchor over its classes, per box over its four deltas, as mmdetection
     views an ``(N,)`` weight as ``(N, 1)``), returned as a view that broadcasts; anything else is an
     error, never a broadcast along the wrong dimension (``(3,)`` against ``(3, 3)`` would scale the
     classes). Also returns the value check of the weights (finite, ``>= 0``), to read back with the
-    loss's own checks."""
+    loss's own checks. No weight: ``(None, [])``."""
+    if weight is None:
+        return None, []
     weight = check_tensor(weight, "weight")
     if weight.shape != like.shape:
         if like.dim() < 1 or weight.shape != like.shape[:-1]:

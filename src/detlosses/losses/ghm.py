@@ -66,11 +66,6 @@ def gradient_bin_counts(g: Tensor, valid: Tensor, edges: Tensor) -> tuple[Tensor
     bins = edges.numel() - 1
     # (contiguous: from a permuted head's logits ``bucketize`` would copy them anyway, and warn)
     index = (torch.bucketize(g.contiguous(), edges, right=True) - 1).clamp_(0, bins - 1)
-    n = index.numel()
-    lanes = interleaved_lanes(n, _HISTOGRAM_LANES) if n >= _HISTOGRAM_MIN_ELEMENTS else 1
-    # bin b of copy c counts the valid elements of index b among elements j = c (mod lanes): a histogram
-    # of unit-wide bins centred on the integers b + bins * c, invalid elements moved below its range;
-    # copies count in float32 (exact up to 2^24 per bin and copy; faster atomics), one table in float64
     if torch.are_deterministic_algorithms_enabled():
         # ``torch.histc`` has no deterministic CUDA kernel (it raises under deterministic
         # algorithms, e.g. Lightning's ``Trainer(deterministic=True)``): exact integer counts by a
@@ -79,6 +74,11 @@ def gradient_bin_counts(g: Tensor, valid: Tensor, edges: Tensor) -> tuple[Tensor
         keys = torch.where(valid, index, bins).view(-1)
         counts = index.new_zeros(bins + 1).scatter_add_(0, keys, keys.new_ones(()).expand_as(keys))
         return index, counts[:bins].to(torch.float64)
+    n = index.numel()
+    lanes = interleaved_lanes(n, _HISTOGRAM_LANES) if n >= _HISTOGRAM_MIN_ELEMENTS else 1
+    # bin b of copy c counts the valid elements of index b among elements j = c (mod lanes): a histogram
+    # of unit-wide bins centred on the integers b + bins * c, invalid elements moved below its range;
+    # copies count in float32 (exact up to 2^24 per bin and copy; faster atomics), one table in float64
     keys = torch.where(valid, index, -bins * lanes)
     if lanes == 1:
         return index, torch.histc(keys.to(torch.float64), bins=bins, min=-0.5, max=bins - 0.5)
@@ -218,13 +218,11 @@ class GHMC(_GHMBase):
         if targets.dim() == logits.dim() - 1 and not targets.is_floating_point():
             targets, weight = _expand_onehot(targets, weight, logits.shape[-1])
         check_same_shape(targets, "targets", logits, "logits")
-        weight_checks = []
+        weight, weight_checks = shaped_weight(weight, logits, "logits")  # a label weight: > 0 counts
         if weight is None:
             weight = torch.ones_like(logits)
-        else:  # a label weight: the elements with weight > 0 count
-            weight, weight_checks = shaped_weight(weight, logits, "logits")
-            if weight.shape != logits.shape:
-                weight = weight.expand_as(logits)
+        elif weight.shape != logits.shape:
+            weight = weight.expand_as(logits)
         compute_dtype = torch.promote_types(logits.dtype, torch.float32)
         x = logits.to(compute_dtype)
         t = targets.to(compute_dtype)

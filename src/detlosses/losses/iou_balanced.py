@@ -90,10 +90,8 @@ def iou_balanced_focal_loss(
     targets = check_tensor(targets, "targets")
     given = check_tensor(ious, "ious", floating=True).detach()
     check_reduction(reduction)
-    extra_checks = avg_factor_checks(avg_factor, reduction)  # (read with the loss's own)
-    if weight is not None:
-        weight, weight_checks = shaped_weight(weight, logits, "logits")
-        extra_checks += weight_checks
+    weight, weight_checks = shaped_weight(weight, logits, "logits")
+    extra_checks = avg_factor_checks(avg_factor, reduction) + weight_checks  # (read with the loss's own)
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     if logits.dim() >= 1 and targets.shape == logits.shape[:-1]:  # one class index per anchor
         focal, element_weight = _per_anchor_form(logits, targets, given, eta, alpha, gamma, compute_dtype,
@@ -214,9 +212,7 @@ def iou_balanced_smooth_l1_loss(
     check_same_shape(target, "target", pred, "pred")
     ious = _broadcast_ious(check_tensor(ious, "ious", floating=True), pred, "ious")
     check_reduction(reduction)
-    weight_checks = []
-    if weight is not None:
-        weight, weight_checks = shaped_weight(weight, pred, "pred")
+    weight, weight_checks = shaped_weight(weight, pred, "pred")
     fused_checks((pred, "pred", "finite"), (ious, "ious", "unit"), *avg_factor_checks(avg_factor, reduction),
                  *weight_checks)
     compute_dtype = torch.promote_types(pred.dtype, torch.float32)
