@@ -354,10 +354,17 @@ class _IdentityUpdate(torch.autograd.Function):
             ctx.index = batch.positive_index
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         ctx.numel = logits.numel()
+        ctx.derivatives_of = getattr(formula, "derivatives_of", None)
         return tuple(values)
 
     @staticmethod
     def backward(ctx, *upstream: Tensor):  # type: ignore[override]
+        if ctx.derivatives_of is not None and torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(
+                f"{ctx.derivatives_of}: second-order gradients (create_graph=True) are not available: "
+                "its first derivatives are written out, and differentiating them again would miss "
+                "their own dependence on the logits and inputs (a wrong second derivative). "
+                "Backpropagate through it without create_graph=True.")
         total, sparse = None, []
         for grad_out, (dense, part) in zip(upstream, ctx.gradients, strict=False):
             if dense is not None:
@@ -390,5 +397,13 @@ def identity_update(logits: Tensor, batch: RankingBatch, formula: Callable[[Rank
     ``RankingGradients.extra``.
 
     On CUDA, everything ``formula`` does runs as one CUDA graph where it can (:mod:`._graphs`).
+
+    Second order (``create_graph=True``): the gradients are constants of the backward, scaled by
+    the incoming gradients, so they are differentiable with respect to whatever scales the values
+    (a learnt loss weight) and do not depend on the logits or ``extra``. That is exact for an
+    error-driven update (AP, aLRP, Rank & Sort: the update is the rule, not a derivative) and for
+    aLRP's localisation part (linear in the errors, ranks detached). A formula whose gradients are
+    the derivatives of its value sets ``formula.derivatives_of`` to the loss's name, and a
+    second-order backward through it raises instead of missing terms (Parameterized AP Loss).
     """
     return _IdentityUpdate.apply(logits, extra, batch, formula)

@@ -285,6 +285,9 @@ def _formula(form: _Form, candidates: Tensor | None):
         return RankingGradients(values=[value], negatives=[negative_grad],
                                 positives=[positive_grad], extra=[u_grad])
 
+    # the gradients are the formula's derivatives (autograd's on the released code), written out:
+    # they depend on the logits and IoUs themselves, which a second backward would not see
+    formula.derivatives_of = "parameterized_ap_loss"
     return formula
 
 
