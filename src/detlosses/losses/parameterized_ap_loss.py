@@ -348,6 +348,8 @@ def parameterized_ap_loss(
 
     Returns:
         Scalar loss (float32, or float64 for float64 logits). No positive: 0, gradients 0.
+        Its backward is first order only: with ``create_graph=True`` it raises (the written-out
+        derivatives cannot be differentiated again without missing terms).
     """
     ious = check_tensor(ious, "ious", floating=True)
     per_positive = isinstance(logits, Tensor) and ious.shape != logits.shape
