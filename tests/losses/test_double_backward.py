@@ -11,6 +11,8 @@ differentiating them again would miss terms, so a second-order backward through 
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -61,7 +63,7 @@ def test_gradient_penalty_through_learnt_weights(name, static_shapes):
     batch = _batch()
     x, targets, extra, iou_targets = _inputs(name, batch)
     leaves = [x] + ([extra] if extra is not None else [])
-    with (_graphs.force_static_shapes() if static_shapes else torch.enable_grad()):
+    with (_graphs.force_static_shapes() if static_shapes else contextlib.nullcontext()):
         components = _value(name, x, targets, extra, iou_targets)
         # plain gradients of each component (first order)
         plain = [torch.autograd.grad(c, leaves, retain_graph=True, allow_unused=True) for c in components]
@@ -99,7 +101,7 @@ def test_parameterized_ap_refuses_a_second_order_backward(static_shapes):
     the logits' gradient depends on both): ``create_graph=True`` raises and names the loss, while
     the first-order backward is unchanged."""
     x, targets, extra, iou_targets = _inputs("pap", _batch(seed=4))
-    with (_graphs.force_static_shapes() if static_shapes else torch.enable_grad()):
+    with (_graphs.force_static_shapes() if static_shapes else contextlib.nullcontext()):
         (value,) = _value("pap", x, targets, extra, iou_targets)
         with pytest.raises(RuntimeError, match="parameterized_ap_loss: second-order gradients"):
             torch.autograd.grad(value, [x, extra], create_graph=True, retain_graph=True)
